@@ -1,0 +1,82 @@
+"""DDPM's ancestral sampler (Ho et al. 2020, Algorithm 2; MATH.md §4)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from diffusers.configuration_utils import register_to_config
+from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
+
+from .base import DiffusionScheduler, PredictionType, TimestepSpacing, VarianceType, noise_like
+from .tables import BetaSchedule
+
+
+class DDPMScheduler(DiffusionScheduler):
+    """The DDPM reverse process p(x_{t−1} | x_t) = N(μ_θ, σ_t² I), with diffusers' interface.
+
+    Args:
+        num_train_timesteps: T, the number of diffusion steps the model was trained with.
+        beta_start, beta_end: the ends of the linear, scaled_linear and sigmoid schedules.
+        beta_schedule: "linear", "scaled_linear", "cosine" (saved as diffusers'
+            "squaredcos_cap_v2"), "squaredcos_cap_v2" or "sigmoid" (MATH.md §1).
+        trained_betas: explicit β_1..β_T, each in (0, 1); overrides the schedule.
+        variance_type: σ_t² = β̃_t ("fixed_small", "fixed_small_log"), β_t ("fixed_large",
+            "fixed_large_log"), or from the network: log σ² ("learned") or iDDPM's
+            interpolation ("learned_range"), where the model outputs twice the channels.
+        clip_sample: clip x̂_0 to [−clip_sample_range, clip_sample_range].
+        prediction_type: what the network predicts: "epsilon", "sample" (x_0),
+            "v_prediction" or "posterior_mean" (μ̃ itself) (MATH.md §3).
+        timestep_spacing: how `set_timesteps(n)` picks n of the T steps: "leading",
+            "trailing" or "linspace" (Lin et al. 2023, Table 2).
+        steps_offset: added to "leading" timesteps, as in diffusers.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: BetaSchedule = "linear",
+        trained_betas: Sequence[float] | np.ndarray | None = None,
+        variance_type: VarianceType = "fixed_small",
+        clip_sample: bool = True,
+        prediction_type: PredictionType = "epsilon",
+        clip_sample_range: float = 1.0,
+        timestep_spacing: TimestepSpacing = "leading",
+        steps_offset: int = 0,
+    ):
+        self._setup(
+            num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
+            variance_type, prediction_type, clip_sample_range, timestep_spacing, steps_offset,
+        )  # fmt: skip
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int | torch.Tensor,
+        sample: torch.Tensor,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        return_dict: bool = True,
+    ) -> DDPMSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
+        """x_{t−1} ~ N(μ_θ(x_t, t), σ_t² I) from x_t = `sample` at `timestep` (MATH.md §4).
+
+        The mean is μ̃_t(x_t, x̂_0) with x̂_0 from the model output (clipped if configured);
+        no noise is added at the chain's last step. Returns `.prev_sample` and
+        `.pred_original_sample`; the inputs are never changed.
+        """
+        c = self._coefficients("sample", timestep, sample)
+        prediction, variance_output = self.split_model_output(model_output, sample)
+        x0 = self._clip(self._predict_x0(prediction, sample, c))  # (B, C, ...)
+        mean = self._posterior_mean(x0, sample, c)  # μ̃_t(x_t, x̂_0)
+        if variance_output is None:  # fixed σ_t, from the table
+            small = self.config.variance_type in ("fixed_small", "fixed_small_log")
+            std = c.noise_std_small if small else c.noise_std_large
+        else:
+            std = c.is_not_last * torch.exp(0.5 * self._log_variance(c, variance_output))
+        prev_sample = torch.addcmul(mean, std, noise_like(sample, generator))
+        if not return_dict:
+            return prev_sample, x0
+        return DDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
