@@ -107,7 +107,7 @@ def test_reverse_variances(variance_type):
     if variance_type.startswith("fixed_large"):  # σ² = β_t (MATH.md §4)
         expected = ref["beta"]
     else:  # σ² = β̃_t, with β̃_2 standing in for β̃_1 = 0 (MATH.md §2)
-        expected = ref["post_var"][:-1] + [ref["post_var"][-2]]
+        expected = [*ref["post_var"][:-1], ref["post_var"][-2]]
     assert_close(variance[:, 0], expected)
     assert_close(log_variance[:, 0], [mp.log(v) for v in expected])
 
