@@ -1,0 +1,146 @@
+"""The training losses of MATH.md §5 for every prediction and variance type."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ddpm_pipelines.losses import HYBRID_LAMBDA, bits_per_dim, training_losses, vlb_term
+from schedulers import DDPMScheduler
+
+PREDICTION_TYPES = ["epsilon", "sample", "v_prediction", "posterior_mean"]
+VARIANCE_TYPES = [
+    "fixed_small",
+    "fixed_small_log",
+    "fixed_large",
+    "fixed_large_log",
+    "learned",
+    "learned_range",
+]
+T = 1000
+
+
+def _batch(seed=0, shape=(16, 2, 4, 4)):
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1
+    noise = torch.randn(shape, generator=g, dtype=torch.float64)
+    t = torch.randint(1, T, (shape[0],), generator=g)
+    return x0, noise, t
+
+
+def _perfect_model(scheduler, x0, noise, variance=None):
+    """A model that knows x_0 and ε: it outputs the exact target of its parameterisation."""
+
+    def model(x_t, t):
+        kind = scheduler.config.prediction_type
+        if kind == "epsilon":
+            out = noise
+        elif kind == "sample":
+            out = x0
+        elif kind == "v_prediction":
+            out = scheduler.get_velocity(x0, noise, t)
+        else:
+            out = scheduler.q_posterior(x0, x_t, t)[0]
+        return out if variance is None else torch.cat([out, variance], dim=1)
+
+    return model
+
+
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+@pytest.mark.parametrize("variance_type", VARIANCE_TYPES)
+def test_simple_loss_is_zero_for_the_exact_target_and_positive_otherwise(prediction_type, variance_type):
+    scheduler = DDPMScheduler(prediction_type=prediction_type, variance_type=variance_type, clip_sample=False)
+    x0, noise, t = _batch()
+    learned = variance_type in ("learned", "learned_range")
+    variance = torch.zeros_like(x0) if learned else None
+    model = _perfect_model(scheduler, x0, noise, variance)
+    loss = training_losses(model, scheduler, x0, "simple", t=t, noise=noise)
+    assert loss.shape == (16,)
+    assert loss.abs().max() < 1e-20
+    off = training_losses(lambda x, s: model(x, s) + 0.1, scheduler, x0, "simple", t=t, noise=noise)
+    torch.testing.assert_close(off, torch.full((16,), 0.01, dtype=torch.float64))  # mean of 0.1² over dims
+
+
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+@pytest.mark.parametrize("variance_type", ["fixed_small", "fixed_large"])
+def test_vlb_loss_with_the_exact_mean_is_the_variance_mismatch(prediction_type, variance_type):
+    """With μ_θ = μ̃ exactly, L_t = KL(N(μ̃, β̃) ‖ N(μ̃, σ²)) = ½(log(σ²/β̃) + β̃/σ² − 1) per dim
+    (MATH.md §5): 0 for fixed_small, positive for fixed_large. The loss is T · L_t in bits/dim."""
+    scheduler = DDPMScheduler(prediction_type=prediction_type, variance_type=variance_type, clip_sample=False)
+    x0, noise, t = _batch(1)
+    loss = training_losses(_perfect_model(scheduler, x0, noise), scheduler, x0, "vlb", t=t, noise=noise)
+    beta = scheduler.betas[t]
+    ab, ab_prev = scheduler.alphas_cumprod[t], scheduler.alphas_cumprod[t - 1]
+    post_var = (1 - ab_prev) / (1 - ab) * beta
+    sigma2 = post_var if variance_type == "fixed_small" else beta
+    kl = 0.5 * (torch.log(sigma2 / post_var) + post_var / sigma2 - 1)  # nats per dim
+    torch.testing.assert_close(loss, T * kl / math.log(2), rtol=1e-6, atol=1e-9)
+
+
+def test_vlb_loss_at_t0_is_the_decoder_nll():
+    scheduler = DDPMScheduler(prediction_type="sample", variance_type="fixed_large", clip_sample=False)
+    x0, noise, _ = _batch(2)
+    x0 = torch.round((x0 + 1) * 127.5) / 127.5 - 1  # on the 8-bit grid
+    t = torch.zeros(16, dtype=torch.long)
+    loss = training_losses(_perfect_model(scheduler, x0, noise), scheduler, x0, "vlb", t=t, noise=noise)
+    # μ_θ = x_0 exactly, σ² = β_1: each interior pixel's bin holds P(|z| < (1/255)/√β_1).
+    p_bin = math.erf((1 / 255) / math.sqrt(2 * scheduler.betas[0].item()))
+    p_edge = 0.5 * (1 + p_bin)
+    edge = (x0.abs() > 0.995).double()  # the two outermost bins, ±1
+    nats = -(edge * math.log(p_edge) + (1 - edge) * math.log(p_bin)).flatten(1).sum(1)
+    torch.testing.assert_close(loss, bits_per_dim(T * nats, x0[0].numel()))
+
+
+def test_continuous_decoder_option():
+    scheduler = DDPMScheduler(prediction_type="sample", variance_type="fixed_large", clip_sample=False)
+    x0 = torch.tensor([[0.25, -0.5]], dtype=torch.float64)
+    t = torch.zeros(1, dtype=torch.long)
+    x_t = scheduler.add_noise(x0, torch.zeros_like(x0), t)
+    nats = vlb_term(scheduler, x0, x0, x_t, t, decoder="continuous")
+    expected = 2 * 0.5 * math.log(2 * math.pi * scheduler.betas[0].item())  # −log N(x0; x0, β_1) for 2 dims
+    torch.testing.assert_close(nats, torch.tensor([expected], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+@pytest.mark.parametrize("variance_type", ["learned", "learned_range"])
+def test_hybrid_trains_the_variance_only_through_the_vlb_term(prediction_type, variance_type):
+    """L_hybrid = L_simple + λ T L_t with the mean detached in L_t (iDDPM §3.1): the mean's
+    gradient is L_simple's alone, the variance's gradient is λ T L_t's alone."""
+    scheduler = DDPMScheduler(prediction_type=prediction_type, variance_type=variance_type, clip_sample=False)
+    x0, noise, t = _batch(3)
+    mean_param = torch.zeros_like(x0, requires_grad=True)
+    var_param = torch.full_like(x0, 0.1 if variance_type == "learned_range" else -6.0, requires_grad=True)
+    base = _perfect_model(scheduler, x0, noise)
+
+    def model(x_t, s):
+        return torch.cat([base(x_t, s) + 0.3 + mean_param, var_param], dim=1)
+
+    def grads(loss_type):
+        loss = training_losses(model, scheduler, x0, loss_type, t=t, noise=noise).sum()
+        return torch.autograd.grad(loss, [mean_param, var_param], allow_unused=True), loss
+
+    (g_mean_h, g_var_h), hybrid = grads("hybrid")
+    (g_mean_s, g_var_s), simple = grads("simple")
+    (g_mean_v, g_var_v), vlb = grads("vlb")
+    torch.testing.assert_close(hybrid, simple + HYBRID_LAMBDA * vlb)
+    torch.testing.assert_close(g_mean_h, g_mean_s)
+    assert g_var_s is None or g_var_s.abs().max() == 0
+    torch.testing.assert_close(g_var_h, HYBRID_LAMBDA * g_var_v)
+    assert g_var_h.abs().max() > 0 and g_mean_v.abs().max() > 0
+
+
+@pytest.mark.parametrize("loss_type", ["simple", "vlb", "hybrid"])
+def test_losses_draw_t_and_noise_from_the_generator(loss_type):
+    scheduler = DDPMScheduler(variance_type="learned_range")
+    x0 = torch.rand(8, 3, 4, 4) * 2 - 1
+
+    def model(x_t, t):
+        return torch.cat([0.5 * x_t, torch.zeros_like(x_t)], dim=1)
+
+    a = training_losses(model, scheduler, x0, loss_type, generator=torch.Generator().manual_seed(5))
+    b = training_losses(model, scheduler, x0, loss_type, generator=torch.Generator().manual_seed(5))
+    c = training_losses(model, scheduler, x0, loss_type, generator=torch.Generator().manual_seed(6))
+    assert a.shape == (8,) and torch.isfinite(a).all()
+    assert torch.equal(a, b) and not torch.equal(a, c)
