@@ -66,10 +66,11 @@ def discretized_gaussian_log_likelihood(
     inv_std = torch.exp(-log_scales)
     upper = (x - means + BIN_HALF_WIDTH) * inv_std  # standardised bin edges
     lower = (x - means - BIN_HALF_WIDTH) * inv_std
-    # A bin's mass, from the side of the mean where Φ is not close to one: mirror the bins
-    # above the mean (Φ(u) − Φ(l) = Φ(−l) − Φ(−u)).
+    # A bin's mass from the side of the mean where Φ is not close to one: above the mean,
+    # mirror the bin (Φ(u) − Φ(l) = Φ(−l) − Φ(−u)). One evaluation, so that no unused
+    # branch carries an infinite gradient into torch.where.
     above = x > means
-    middle = torch.where(above, _log_phi_difference(-lower, -upper), _log_phi_difference(upper, lower))
+    middle = _log_phi_difference(torch.where(above, -lower, upper), torch.where(above, -upper, lower))
     first_bin = torch.special.log_ndtr(upper)  # x = −1: (−∞, −1 + 1/255]
     last_bin = torch.special.log_ndtr(-lower)  # x = +1: [1 − 1/255, ∞)
     edge = 1.0 - BIN_HALF_WIDTH  # halfway between the outermost bin centre and its neighbour

@@ -7,7 +7,13 @@ import math
 import pytest
 import torch
 
-from ddpm_pipelines.losses import HYBRID_LAMBDA, bits_per_dim, training_losses, vlb_term
+from ddpm_pipelines.losses import (
+    HYBRID_LAMBDA,
+    bits_per_dim,
+    discretized_gaussian_log_likelihood,
+    training_losses,
+    vlb_term,
+)
 from schedulers import DDPMScheduler
 
 PREDICTION_TYPES = ["epsilon", "sample", "v_prediction", "posterior_mean"]
@@ -144,3 +150,16 @@ def test_losses_draw_t_and_noise_from_the_generator(loss_type):
     c = training_losses(model, scheduler, x0, loss_type, generator=torch.Generator().manual_seed(6))
     assert a.shape == (8,) and torch.isfinite(a).all()
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_discretized_decoder_gradients_are_finite_far_from_the_mean():
+    """Bins many standard deviations from the mean must still give finite gradients (a
+    NaN from an unused branch of torch.where would poison L_vlb training)."""
+    x = torch.linspace(-1, 1, 256, dtype=torch.float64).repeat(5)
+    means = torch.tensor([-2.2, -0.5, 0.0, 0.7, 2.4], dtype=torch.float64).repeat_interleave(256)
+    means.requires_grad_()
+    log_scales = torch.full_like(x, -4.0, requires_grad=True)
+    logp = discretized_gaussian_log_likelihood(x, means, log_scales)
+    grad_means, grad_scales = torch.autograd.grad(logp.sum(), [means, log_scales])
+    assert torch.isfinite(logp).all() and logp.min() < -1000
+    assert torch.isfinite(grad_means).all() and torch.isfinite(grad_scales).all()
