@@ -107,8 +107,12 @@ class DiffusionScheduler(SchedulerMixin, ConfigMixin):
                     f"trained_betas has shape {tuple(betas.shape)}; it must be 1-D with "
                     f"num_train_timesteps={num_train_timesteps} values"
                 )
-            if not bool(((betas > 0) & (betas < 1)).all()):
-                raise ValueError("trained_betas must all lie in (0, 1)")
+            outside = ~((betas > 0) & (betas < 1))
+            if bool(outside.any()):
+                i = int(outside.nonzero()[0])
+                raise ValueError(
+                    f"trained_betas[{i}]={betas[i].item()!r} is outside (0, 1); every β must lie in (0, 1)"
+                )
         else:
             check_choice("beta_schedule", beta_schedule, BETA_SCHEDULES)
             if not 0 < beta_start <= beta_end < 1:
@@ -205,7 +209,7 @@ class DiffusionScheduler(SchedulerMixin, ConfigMixin):
             return rows[t]
         if t.device.type == "cpu":
             self._check_timestep(which, t)
-        picked = table[t.to(table.device)]  # (*t.shape, K)
+        picked = table.index_select(0, t.reshape(-1).to(table.device))  # (B, K); no .item()
         picked = picked.reshape(*t.shape, *([1] * (like.dim() - t.dim())), picked.shape[-1])
         return Coefficients(*picked.unbind(-1))  # each (B, 1, ..., 1)
 
@@ -250,8 +254,13 @@ class DiffusionScheduler(SchedulerMixin, ConfigMixin):
         learned = self.config.variance_type in LEARNED_VARIANCES
         if not learned and model_output.shape == sample.shape:
             return model_output, None
+        if learned and sample.dim() < 2:
+            raise ValueError(
+                f"variance_type={self.config.variance_type!r} needs a sample with a channel "
+                f"dimension (dim 1) for the variance's channels; the sample has shape {tuple(sample.shape)}"
+            )
         expected = list(sample.shape)
-        if learned and sample.dim() > 1:
+        if learned:
             expected[1] *= 2
         if list(model_output.shape) != expected:
             why = (

@@ -1,0 +1,105 @@
+"""Time one `step` of our DDPMScheduler against diffusers' DDPMScheduler, in the same run.
+
+The loop is the sampling loop without the model: `set_timesteps(1000)`, then `step` at
+every timestep with a fixed model output, for 10,000 2-D points (where the step's own
+overhead is all there is) and a 16×3×32×32 batch of images. Rounds alternate between
+the two packages; the median round is reported, and the ratio diffusers/ours (> 1 means
+ours is faster). Both draw the same noise (torch.randn), which neither can avoid.
+
+    python benchmarks/scheduler_step.py [--device cuda] [--rounds 7] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import diffusers
+import torch
+
+import schedulers
+
+CASES = {"points 10000×2": (10_000, 2), "images 16×3×32×32": (16, 3, 32, 32)}
+CONFIGS = {
+    "epsilon, fixed_small, clip": dict(
+        prediction_type="epsilon", variance_type="fixed_small", clip_sample=True
+    ),
+    "epsilon, fixed_large, no clip": dict(
+        prediction_type="epsilon", variance_type="fixed_large", clip_sample=False
+    ),
+}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_loop(scheduler, shape, device: torch.device, steps: int) -> float:
+    """Seconds per step over `set_timesteps(steps)` timesteps."""
+    scheduler.set_timesteps(steps, device=device if isinstance(scheduler, schedulers.DDPMScheduler) else None)
+    g = torch.Generator(device=device).manual_seed(0)
+    sample = torch.randn(shape, generator=g, device=device)
+    model_output = torch.randn(shape, generator=g, device=device)
+    for t in scheduler.timesteps[:20]:  # warm-up: tables cast to the device, caches filled
+        scheduler.step(model_output, t, sample, generator=g)
+    _sync(device)
+    start = time.perf_counter()
+    for t in scheduler.timesteps:  # the same inputs each step: no drift into huge or denormal values
+        scheduler.step(model_output, t, sample, generator=g)
+    _sync(device)
+    return (time.perf_counter() - start) / len(scheduler.timesteps)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--rounds", type=int, default=7, help="alternating rounds per case (default: 7)")
+    parser.add_argument("--steps", type=int, default=1000, help="timesteps per round (default: 1000)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--out", default="benchmarks/results/scheduler_step.json", help="JSON results file")
+    args = parser.parse_args()
+    if args.rounds < 1 or args.steps < 1:
+        parser.error(f"--rounds={args.rounds} and --steps={args.steps} must be ≥ 1")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda given but no CUDA device is available")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    rows = []
+    threads = torch.get_num_threads()
+    print(f"torch {torch.__version__}, diffusers {diffusers.__version__}, {device}, {threads} threads")
+    print("| case | config | ours µs/step | diffusers µs/step | diffusers/ours |\n|---|---|---|---|---|")
+    for case, shape in CASES.items():
+        for name, config in CONFIGS.items():
+            ours, theirs = schedulers.DDPMScheduler(**config), diffusers.DDPMScheduler(**config)
+            t_ours, t_theirs = [], []
+            for _ in range(args.rounds):
+                t_ours.append(time_loop(ours, shape, device, args.steps))
+                t_theirs.append(time_loop(theirs, shape, device, args.steps))
+            a, b = statistics.median(t_ours) * 1e6, statistics.median(t_theirs) * 1e6
+            rows.append(dict(case=case, config=name, ours_us=a, diffusers_us=b, ratio=b / a))
+            print(f"| {case} | {name} | {a:.1f} | {b:.1f} | {b / a:.2f}× |")
+
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w", encoding="utf-8") as f:
+        meta = dict(
+            torch=torch.__version__,
+            diffusers=diffusers.__version__,
+            device=str(device),
+            threads=torch.get_num_threads(),
+            machine=platform.processor() or platform.machine(),
+        )
+        json.dump(dict(meta=meta, rows=rows), f, indent=2)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
