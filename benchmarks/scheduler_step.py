@@ -4,7 +4,9 @@ The loop is the sampling loop without the model: `set_timesteps(1000)`, then `st
 every timestep with a fixed model output, for 10,000 2-D points (where the step's own
 overhead is all there is) and a 16×3×32×32 batch of images. Rounds alternate between
 the two packages; the median round is reported, and the ratio diffusers/ours (> 1 means
-ours is faster). Both draw the same noise (torch.randn), which neither can avoid.
+ours is faster). Both draw the step's noise with the same torch.randn call (the same
+generator must give the same samples in both), a floor neither can go below: it is timed
+alone in the same rounds, and the ratio of the times above it is reported too.
 
     python benchmarks/scheduler_step.py [--device cuda] [--rounds 7] [--threads 1]
 """
@@ -55,6 +57,17 @@ def time_loop(scheduler, shape, device: torch.device, steps: int) -> float:
     return (time.perf_counter() - start) / len(scheduler.timesteps)
 
 
+def time_noise(shape, device: torch.device, steps: int) -> float:
+    """Seconds per torch.randn draw of the step's noise: the floor under both steps."""
+    g = torch.Generator(device=device).manual_seed(0)
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        torch.randn(shape, generator=g, device=device)
+    _sync(device)
+    return (time.perf_counter() - start) / steps
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -76,17 +89,30 @@ def main() -> None:
     rows = []
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, diffusers {diffusers.__version__}, {device}, {threads} threads")
-    print("| case | config | ours µs/step | diffusers µs/step | diffusers/ours |\n|---|---|---|---|---|")
+    print("| case | config | ours µs/step | diffusers µs/step | diffusers/ours | noise µs | above noise |")
+    print("|---|---|---|---|---|---|---|")
     for case, shape in CASES.items():
         for name, config in CONFIGS.items():
             ours, theirs = schedulers.DDPMScheduler(**config), diffusers.DDPMScheduler(**config)
-            t_ours, t_theirs = [], []
+            t_ours, t_theirs, t_noise = [], [], []
             for _ in range(args.rounds):
                 t_ours.append(time_loop(ours, shape, device, args.steps))
                 t_theirs.append(time_loop(theirs, shape, device, args.steps))
-            a, b = statistics.median(t_ours) * 1e6, statistics.median(t_theirs) * 1e6
-            rows.append(dict(case=case, config=name, ours_us=a, diffusers_us=b, ratio=b / a))
-            print(f"| {case} | {name} | {a:.1f} | {b:.1f} | {b / a:.2f}× |")
+                t_noise.append(time_noise(shape, device, args.steps))
+            a, b, z = (statistics.median(t) * 1e6 for t in (t_ours, t_theirs, t_noise))
+            above = (b - z) / (a - z)
+            rows.append(
+                dict(
+                    case=case,
+                    config=name,
+                    ours_us=a,
+                    diffusers_us=b,
+                    noise_us=z,
+                    ratio=b / a,
+                    ratio_above_noise=above,
+                )
+            )
+            print(f"| {case} | {name} | {a:.1f} | {b:.1f} | {b / a:.2f}× | {z:.1f} | {above:.2f}× |")
 
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:
