@@ -239,8 +239,10 @@ class DiffusionScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(
                 f"timestep {int(t[outside][0])} is outside [0, {T - 1}] (num_train_timesteps={T})"
             )
+        if which != "sample":
+            return
         missing = ~torch.isin(t, self.timesteps.cpu())
-        if which == "sample" and bool(missing.any()):
+        if bool(missing.any()):
             raise ValueError(
                 f"timestep {int(t[missing][0])} is not in the sampling chain set by "
                 "set_timesteps; step from one of scheduler.timesteps"

@@ -13,6 +13,7 @@ from ddpm_pipelines.losses import (
     discretized_gaussian_log_likelihood,
     training_losses,
     vlb_term,
+    vlb_terms,
 )
 from schedulers import DDPMScheduler
 
@@ -163,3 +164,19 @@ def test_discretized_decoder_gradients_are_finite_far_from_the_mean():
     grad_means, grad_scales = torch.autograd.grad(logp.sum(), [means, log_scales])
     assert torch.isfinite(logp).all() and logp.min() < -1000
     assert torch.isfinite(grad_means).all() and torch.isfinite(grad_scales).all()
+
+
+def test_vlb_terms_progress_bar(capsys):
+    scheduler = DDPMScheduler(num_train_timesteps=20, clip_sample=False)
+    x0 = torch.rand(4, 2, dtype=torch.float64)
+
+    def model(x, t):
+        return torch.zeros_like(x)
+
+    quiet = vlb_terms(model, scheduler, x0, decoder="continuous", generator=torch.Generator().manual_seed(0))
+    assert "L_vlb terms" not in capsys.readouterr().err
+    shown = vlb_terms(
+        model, scheduler, x0, decoder="continuous", generator=torch.Generator().manual_seed(0), progress=True
+    )
+    assert "L_vlb terms" in capsys.readouterr().err
+    assert torch.equal(quiet.total, shown.total)
