@@ -9,6 +9,9 @@ generator must give the same samples in both), a floor neither can go below: it 
 alone in the same rounds, and the ratio of the times above it is reported too.
 
     python benchmarks/scheduler_step.py [--device cuda] [--rounds 7] [--threads 1]
+
+It prints a Markdown table, writes the figures as JSON (--out) and, where matplotlib is
+installed (the [demo] extra), a bar chart beside it (.png).
 """
 
 from __future__ import annotations
@@ -125,6 +128,33 @@ def main() -> None:
         )
         json.dump(dict(meta=meta, rows=rows), f, indent=2)
     print(f"wrote {args.out}")
+    plot(rows, os.path.splitext(args.out)[0] + ".png", f"{device}, {threads} threads")
+
+
+def plot(rows: list[dict], path: str, title: str) -> None:
+    """Bar chart of µs per step, ours beside diffusers, with the noise floor marked."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install matplotlib, or the [demo] extra)")
+        return
+    labels = [f"{r['case']}\n{r['config']}" for r in rows]
+    x = range(len(rows))
+    fig, ax = plt.subplots(figsize=(2.6 * len(rows), 4))
+    ax.bar([i - 0.2 for i in x], [r["ours_us"] for r in rows], width=0.4, label="ddpm-pipelines")
+    ax.bar([i + 0.2 for i in x], [r["diffusers_us"] for r in rows], width=0.4, label="diffusers")
+    ax.scatter(list(x), [r["noise_us"] for r in rows], color="k", marker="_", s=900, label="noise draw alone")
+    ax.set_xticks(list(x), labels, fontsize=8)
+    ax.set_ylabel("µs per step")
+    ax.set_title(f"DDPMScheduler.step ({title})")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
