@@ -81,7 +81,7 @@ def chain_table(
 
     Respacing (MATH.md §4): ᾱ is kept at the chain's timesteps and
     β'_i = 1 − ᾱ_{S_i}/ᾱ_{S_{i+1}}; after the last one comes ᾱ_prev = `final_alpha_bar`
-    (ᾱ_0 = 1 in the papers). For the full chain β' is β itself.
+    (ᾱ_0 = 1 in the papers). For the full chain β' is β, to float64 rounding.
     """
     T = log_alpha_bar.shape[0]
     S = timesteps.to(device="cpu", dtype=torch.long)  # (n,) descending
