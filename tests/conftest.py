@@ -1,8 +1,23 @@
-"""Shared test helpers: the Gaussian-data oracle of MATH.md §6."""
+"""Shared test helpers: the option lists of DESIGN.md and the Gaussian-data oracle of
+MATH.md §6."""
 
 from __future__ import annotations
 
 import torch
+
+# The allowed choices, as DESIGN.md lists them (not imported from the library: the tests
+# check the library against the design).
+BETA_SCHEDULES = ("linear", "scaled_linear", "cosine", "squaredcos_cap_v2", "sigmoid")
+VARIANCE_TYPES = (
+    "fixed_small",
+    "fixed_small_log",
+    "fixed_large",
+    "fixed_large_log",
+    "learned",
+    "learned_range",
+)
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "posterior_mean")
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 
 
 class GaussianOracle:

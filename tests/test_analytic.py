@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import GaussianOracle
+from conftest import PREDICTION_TYPES, GaussianOracle
 
 from ddpm_pipelines.losses import (
     continuous_gaussian_log_likelihood,
@@ -18,8 +18,6 @@ from ddpm_pipelines.losses import (
     vlb_terms,
 )
 from schedulers import DDIMScheduler, DDPMScheduler
-
-PREDICTION_TYPES = ["epsilon", "sample", "v_prediction", "posterior_mean"]
 
 
 def _sample(scheduler, model, x_T, generator):

@@ -9,6 +9,7 @@ import re
 import diffusers
 import pytest
 import torch
+from conftest import BETA_SCHEDULES, PREDICTION_TYPES, TIMESTEP_SPACINGS, VARIANCE_TYPES
 
 from ddpm_pipelines import losses
 from schedulers import DDIMScheduler, DDPMScheduler
@@ -16,19 +17,6 @@ from schedulers import DDIMScheduler, DDPMScheduler
 SCHEDULERS = [DDPMScheduler, DDIMScheduler]
 T = 50  # a short chain keeps construction cheap
 
-# The allowed choices, as DESIGN.md lists them (not imported from the library: the test
-# checks the library against the design).
-BETA_SCHEDULES = ("linear", "scaled_linear", "cosine", "squaredcos_cap_v2", "sigmoid")
-VARIANCE_TYPES = (
-    "fixed_small",
-    "fixed_small_log",
-    "fixed_large",
-    "fixed_large_log",
-    "learned",
-    "learned_range",
-)
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "posterior_mean")
-TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 DECODERS = ("discretized", "continuous")
 LOSS_TYPES = ("simple", "vlb", "hybrid")
 

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import PREDICTION_TYPES, VARIANCE_TYPES
 
 from ddpm_pipelines.losses import (
     HYBRID_LAMBDA,
@@ -17,15 +18,6 @@ from ddpm_pipelines.losses import (
 )
 from schedulers import DDPMScheduler
 
-PREDICTION_TYPES = ["epsilon", "sample", "v_prediction", "posterior_mean"]
-VARIANCE_TYPES = [
-    "fixed_small",
-    "fixed_small_log",
-    "fixed_large",
-    "fixed_large_log",
-    "learned",
-    "learned_range",
-]
 T = 1000
 
 
