@@ -123,7 +123,7 @@ def main() -> None:
             torch=torch.__version__,
             diffusers=diffusers.__version__,
             device=str(device),
-            threads=torch.get_num_threads(),
+            threads=threads,
             machine=platform.processor() or platform.machine(),
         )
         json.dump(dict(meta=meta, rows=rows), f, indent=2)
