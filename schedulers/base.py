@@ -131,7 +131,7 @@ class DiffusionScheduler(SchedulerMixin, ConfigMixin):
         self.alphas_cumprod = self._log_alpha_bar.exp()
         self._train_table = chain_table(self._log_alpha_bar, torch.arange(num_train_timesteps - 1, -1, -1))
         self._cast_cache: dict[tuple[str, torch.device, torch.dtype], tuple] = {}
-        self._reset_timesteps(torch.arange(num_train_timesteps - 1, -1, -1), None)
+        self._reset_timesteps(torch.arange(num_train_timesteps - 1, -1, -1), None, None)
 
     # ---- timesteps ---------------------------------------------------------------------
 
@@ -139,11 +139,17 @@ class DiffusionScheduler(SchedulerMixin, ConfigMixin):
         """ᾱ after the chain's last step: ᾱ_0 = 1 (MATH.md §1)."""
         return 1.0
 
-    def _reset_timesteps(self, timesteps: torch.Tensor, num_inference_steps: int | None) -> None:
-        self.timesteps = timesteps
+    def _reset_timesteps(
+        self, chain: torch.Tensor, num_inference_steps: int | None, device: str | torch.device | None
+    ) -> None:
+        """Install the descending CPU `chain`; only the public `timesteps` go to `device`, so
+        the per-step checks below never read a device tensor."""
+        self.timesteps = chain.to(device)
         self.num_inference_steps = num_inference_steps
-        self._chain_set = frozenset(timesteps.tolist())  # for the per-step check of an int
-        self._sample_table = chain_table(self._log_alpha_bar, timesteps, self._final_alpha_bar())
+        self._chain = chain  # CPU, for the per-step checks
+        self._chain_set = frozenset(chain.tolist())  # for the per-step check of an int
+        self._last_timestep = int(chain[-1])
+        self._sample_table = chain_table(self._log_alpha_bar, chain, self._final_alpha_bar())
         self._cast_cache = {k: v for k, v in self._cast_cache.items() if k[0] != "sample"}
 
     def set_timesteps(
@@ -177,7 +183,7 @@ class DiffusionScheduler(SchedulerMixin, ConfigMixin):
                     f"num_inference_steps={n!r} must be an integer in [1, {T}] (num_train_timesteps={T})"
                 )
             chain = self._spaced_timesteps(int(n))
-        self._reset_timesteps(torch.from_numpy(chain).to(device), n)
+        self._reset_timesteps(torch.from_numpy(chain), n, device)
 
     def _spaced_timesteps(self, n: int) -> np.ndarray:
         """Table 2 of Lin et al. 2023 ("Common diffusion noise schedules ... are flawed"),
@@ -241,7 +247,7 @@ class DiffusionScheduler(SchedulerMixin, ConfigMixin):
             )
         if which != "sample":
             return
-        missing = ~torch.isin(t, self.timesteps.cpu())
+        missing = ~torch.isin(t, self._chain)
         if bool(missing.any()):
             raise ValueError(
                 f"timestep {int(t[missing][0])} is not in the sampling chain set by "
