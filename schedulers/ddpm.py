@@ -53,6 +53,13 @@ class DDPMScheduler(DiffusionScheduler):
             variance_type, prediction_type, clip_sample_range, timestep_spacing, steps_offset,
         )  # fmt: skip
 
+    def _is_last_step(self, timestep: int | torch.Tensor) -> bool:
+        """Whether `timestep` is known on the host to be the chain's last step. A device
+        tensor is never read (no sync): its row's σ_t = 0 adds no noise, but a draw is made."""
+        if torch.is_tensor(timestep) and (timestep.dim() != 0 or timestep.device.type != "cpu"):
+            return False
+        return int(timestep) == self._last_timestep
+
     def step(
         self,
         model_output: torch.Tensor,
@@ -70,13 +77,14 @@ class DDPMScheduler(DiffusionScheduler):
         c = self._coefficients("sample", timestep, sample)
         prediction, variance_output = self.split_model_output(model_output, sample)
         x0 = self._clip(self._predict_x0(prediction, sample, c))  # (B, C, ...)
-        mean = self._posterior_mean(x0, sample, c)  # μ̃_t(x_t, x̂_0)
-        if variance_output is None:  # fixed σ_t, from the table
-            small = self.config.variance_type in ("fixed_small", "fixed_small_log")
-            std = c.noise_std_small if small else c.noise_std_large
-        else:
-            std = c.is_not_last * torch.exp(0.5 * self._log_variance(c, variance_output))
-        prev_sample = torch.addcmul(mean, std, noise_like(sample, generator))
+        prev_sample = self._posterior_mean(x0, sample, c)  # μ̃_t(x_t, x̂_0)
+        if not self._is_last_step(timestep):  # at the last step: no noise, and no draw (as diffusers at t=0)
+            if variance_output is None:  # fixed σ_t, from the table
+                small = self.config.variance_type in ("fixed_small", "fixed_small_log")
+                std = c.noise_std_small if small else c.noise_std_large
+            else:
+                std = c.is_not_last * torch.exp(0.5 * self._log_variance(c, variance_output))
+            prev_sample = torch.addcmul(prev_sample, std, noise_like(sample, generator))
         if not return_dict:
             return prev_sample, x0
         return DDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)

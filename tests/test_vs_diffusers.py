@@ -92,6 +92,29 @@ def test_ddpm_step_respaced(chain, variance_type):
     _compare_steps(ours, theirs, channels=6 if variance_type == "learned_range" else 3, skip_last=skip_last)
 
 
+@pytest.mark.parametrize("variance_type", ["fixed_small", "learned_range"])
+def test_one_generator_through_a_whole_chain(variance_type):
+    """A sampling loop driven by one generator gives the same samples as diffusers and
+    leaves the generator in the same state (no draw at the last step, t = 0), so that the
+    next batch drawn from that generator matches too."""
+    kw = dict(variance_type=variance_type)
+    ours, theirs = DDPMScheduler(**kw), diffusers.DDPMScheduler(**kw)
+    ours.set_timesteps(20)
+    theirs.set_timesteps(20)
+    output = torch.randn((SHAPE[0], 6 if variance_type == "learned_range" else 3, *SHAPE[2:])).clamp(-1, 1)
+    results = []
+    for scheduler in (ours, theirs):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(SHAPE, generator=g)
+        for t in scheduler.timesteps:
+            model_output = 0.5 * output + 0.1 * x.repeat(1, output.shape[1] // 3, 1, 1)
+            x = scheduler.step(model_output, t, x, generator=g).prev_sample
+        results.append((x, g.get_state()))
+    (a, state_a), (b, state_b) = results
+    assert ((a - b).abs() / (1 + b.abs())).max() < 1e-3
+    assert torch.equal(state_a, state_b)
+
+
 def test_steps_offset_matches():
     ours, theirs = DDPMScheduler(steps_offset=1), diffusers.DDPMScheduler(steps_offset=1)
     ours.set_timesteps(20)
