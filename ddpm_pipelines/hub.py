@@ -1,0 +1,214 @@
+"""Files and the Hugging Face Hub: finding a pretrained folder (local, Hub or cache),
+reading configs and safetensors weights strictly, saving atomically, and pushing with a
+model card. Only safetensors are ever loaded: pickle files (`.bin`, `.pt`, ...) can run
+code when read, so they are refused with a clear error, never opened."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+from huggingface_hub import HfApi, ModelCardData, constants, snapshot_download
+from huggingface_hub.errors import (
+    HFValidationError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from safetensors import SafetensorError
+
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"  # the file diffusers' models read and write
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+# What a download fetches: configs, safetensors weights and the model card; never pickles.
+ALLOW_PATTERNS = ("*.json", "*.safetensors", "*.md")
+
+
+# ---- finding a pretrained folder -------------------------------------------------------------
+
+
+def resolve_folder(
+    name_or_path: str | os.PathLike,
+    *,
+    subfolder: str | None = None,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    token: str | bool | None = None,
+    local_files_only: bool = False,
+) -> Path:
+    """The local folder holding `name_or_path`'s files (joined with `subfolder`): the path
+    itself if it is a folder, else a snapshot of the Hub repo of that id at `revision`,
+    downloaded into (or, offline with HF_HUB_OFFLINE=1 or `local_files_only`, read from)
+    the Hugging Face cache."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        if revision is not None:
+            raise ValueError(
+                f"revision={revision!r} selects a Hub commit, but {str(path)!r} is a local folder"
+            )
+        return path / subfolder if subfolder else path
+    if path.exists():
+        raise ValueError(f"{str(path)!r} is a file; pass the folder that holds it")
+    repo_id = str(name_or_path)
+    patterns = [f"{subfolder}/{p}" for p in ALLOW_PATTERNS] if subfolder else list(ALLOW_PATTERNS)
+    at = f" at revision {revision!r}" if revision else ""
+    try:
+        folder = snapshot_download(
+            repo_id,
+            revision=revision,
+            cache_dir=cache_dir,
+            token=token,
+            local_files_only=local_files_only,
+            allow_patterns=patterns,
+        )
+    except HFValidationError as err:
+        raise OSError(f"{repo_id!r} is neither a local folder nor a valid Hub repo id: {err}") from err
+    except RepositoryNotFoundError as err:
+        raise OSError(
+            f"{repo_id!r} is not a local folder, and the Hub at {constants.ENDPOINT} has no repo "
+            "of that name that you can access (check the id, or log in for a private repo)"
+        ) from err
+    except RevisionNotFoundError as err:
+        raise OSError(f"revision {revision!r} does not exist in the Hub repo {repo_id!r}") from err
+    except LocalEntryNotFoundError as err:
+        raise OSError(
+            f"{repo_id!r}{at} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the "
+            "Hub cannot be asked (offline, HF_HUB_OFFLINE=1 or local_files_only=True, or "
+            "unreachable); download it once while online"
+        ) from err
+    return Path(folder) / subfolder if subfolder else Path(folder)
+
+
+# ---- reading ---------------------------------------------------------------------------------
+
+
+def read_config(path: Path, class_names: Sequence[str]) -> dict[str, Any]:
+    """The JSON config at `path`, whose `_class_name` must be one of `class_names`."""
+    if not path.is_file():
+        raise OSError(f"{path} not found: a pretrained folder needs its {path.name}")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} must hold a JSON object, not {type(config).__name__}")
+    name = config.get("_class_name")
+    if name not in class_names:
+        raise ValueError(f"{path} is a config for the class {name!r}; this loads only {tuple(class_names)}")
+    return config
+
+
+def load_weights(model: torch.nn.Module, folder: Path) -> None:
+    """Load `folder`/diffusion_pytorch_model.safetensors into `model`, strictly: every
+    weight present, none unexpected, every shape right; a clear error names the file."""
+    path = folder / WEIGHTS_NAME
+    if not path.is_file():
+        pickles = sorted(p.name for p in folder.glob("*") if p.suffix in PICKLE_SUFFIXES)
+        if pickles:
+            raise OSError(
+                f"{folder} holds only pickle weights ({', '.join(pickles)}), and they are never "
+                f"loaded: unpickling a file can run arbitrary code. Convert them to {WEIGHTS_NAME} "
+                "(safetensors) with a tool you trust, then load again."
+            )
+        raise OSError(
+            f"{path} not found: a pretrained model folder needs its safetensors weights (pickle "
+            "weights such as .bin files are never downloaded or loaded)"
+        )
+    try:
+        state = safetensors.torch.load_file(path)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise OSError(f"{path} is not a readable safetensors file (corrupted or truncated?): {err}") from err
+    expected = model.state_dict()
+    missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
+    if missing or unexpected:
+        raise ValueError(
+            f"{path} does not fit {type(model).__name__} as its config describes it: "
+            f"{len(missing)} missing weights {missing[:5]}, "
+            f"{len(unexpected)} unexpected weights {unexpected[:5]}"
+        )
+    for key, value in state.items():
+        if value.shape != expected[key].shape:
+            raise ValueError(
+                f"{path}: weight {key!r} has shape {tuple(value.shape)}, the model expects "
+                f"{tuple(expected[key].shape)}"
+            )
+    model.load_state_dict(state, strict=True)
+
+
+# ---- writing ---------------------------------------------------------------------------------
+
+
+def save_atomically(write: Callable[[Path], None], directory: str | os.PathLike) -> None:
+    """Let `write` fill a fresh folder beside `directory`, then move each file into place
+    with `os.replace`: whatever interrupts the save, every file in `directory` is either
+    the previous one or the new one, never a torn write."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=directory.parent, prefix=f".{directory.name}.saving-") as tmp:
+        write(Path(tmp))
+        files = sorted(p for p in Path(tmp).rglob("*") if p.is_file())
+        for src in files:  # on disk before any rename, so that a power cut cannot tear them
+            with open(src, "rb+") as f:
+                os.fsync(f.fileno())
+        for src in files:
+            dst = directory / src.relative_to(tmp)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dst)
+
+
+def model_card(repo_id: str, class_name: str, *, images: bool, description: str = "") -> str:
+    """A README.md for the Hub: YAML metadata, what the repo holds and how to load it."""
+    tags = ["ddpm", "ddpm-pipelines", "diffusers"]
+    if images:
+        tags.append("unconditional-image-generation")
+    metadata = ModelCardData(
+        license="apache-2.0",
+        library_name="diffusers",
+        tags=tags,
+        pipeline_tag="unconditional-image-generation" if images else None,
+    )
+    if class_name == "DDPMPipeline":
+        usage = f'pipe = DDPMPipeline.from_pretrained("{repo_id}")\n'
+        usage += "images = pipe(batch_size=4).images" if images else "points = pipe(batch_size=1000).images"
+    else:
+        usage = f'model = {class_name}.from_pretrained("{repo_id}")'
+    return (
+        f"---\n{metadata.to_yaml()}\n---\n\n# {repo_id}\n\n"
+        f"A denoising diffusion probabilistic model (DDPM, Ho et al. 2020) saved by "
+        f"[ddpm-pipelines](https://pypi.org/project/ddpm-pipelines/) in diffusers' file layout "
+        f"(safetensors weights).\n\n{description}{'' if not description else chr(10) * 2}"
+        f"## Usage\n\n```python\nfrom ddpm_pipelines import {class_name}\n\n{usage}\n```\n"
+    )
+
+
+def push_folder(
+    save: Callable[[Path], None],
+    card: Callable[[str], str],
+    repo_id: str,
+    *,
+    commit_message: str | None = None,
+    private: bool | None = None,
+    token: str | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+) -> Any:
+    """Create `repo_id` if needed and upload, as one commit, what `save` writes plus the
+    model card `card(repo_id)` as README.md. Returns huggingface_hub's CommitInfo (its
+    `.oid` is the new revision, which `from_pretrained(..., revision=...)` loads later)."""
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    with tempfile.TemporaryDirectory() as tmp:
+        save(Path(tmp))
+        (Path(tmp) / "README.md").write_text(card(repo_id), encoding="utf-8")
+        return api.upload_folder(
+            repo_id=repo_id,
+            folder_path=tmp,
+            commit_message=commit_message or "Upload with ddpm-pipelines",
+            revision=revision,
+            create_pr=create_pr,
+        )
