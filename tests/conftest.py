@@ -3,7 +3,63 @@ MATH.md §6."""
 
 from __future__ import annotations
 
+# --- Local Hugging Face Hub (tests/hub_server.py) -----------------------------------------------------
+# huggingface_hub reads HF_ENDPOINT, HF_HOME, HF_TOKEN, HF_HUB_OFFLINE, ... once, when first imported, and
+# test modules import diffusers (so huggingface_hub) at collection: the environment is set here, when
+# pytest imports this conftest, before any test module. The port is reserved now: the socket is bound
+# but listens only once the `hub` fixture serves on it, so a Hub call made without the fixture gets
+# "connection refused" rather than a silent wait for a timeout (though hf_hub_download retries it for
+# ~20 s).
+import atexit
+import os
+import shutil
+import socket
+import tempfile
+
+import pytest
 import torch
+from hub_server import LocalHub
+
+_HUB_SOCKET = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+_HUB_SOCKET.bind(("127.0.0.1", 0))
+_HF_HOME = tempfile.mkdtemp(prefix="hf_home_")  # a fresh, empty cache: never the user's
+atexit.register(shutil.rmtree, _HF_HOME, ignore_errors=True)
+for _name in (
+    "HF_HUB_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
+    "HUGGINGFACE_CO_STAGING",
+    "HF_HUB_CACHE",
+    "HUGGINGFACE_HUB_CACHE",
+    "HF_ASSETS_CACHE",
+    "HF_XET_CACHE",
+    "HF_TOKEN_PATH",
+    "HF_HUB_DISABLE_IMPLICIT_TOKEN",
+):
+    os.environ.pop(_name, None)
+os.environ.update(
+    HF_ENDPOINT=f"http://127.0.0.1:{_HUB_SOCKET.getsockname()[1]}",
+    HF_HOME=_HF_HOME,
+    HF_TOKEN="hf_local_test_token",
+    HF_HUB_DISABLE_TELEMETRY="1",
+    HF_HUB_DISABLE_PROGRESS_BARS="1",
+)
+for _name in ("NO_PROXY", "no_proxy"):  # never send the local Hub's traffic to a proxy
+    os.environ[_name] = ",".join(filter(None, [os.environ.get(_name), "127.0.0.1", "localhost"]))
+
+
+@pytest.fixture(scope="session")
+def hub(tmp_path_factory):
+    """The local Hub at HF_ENDPOINT, for the whole session (a `LocalHub`: `.url`, `.data_dir`, `.user`)."""
+    from huggingface_hub import constants
+
+    server = LocalHub(tmp_path_factory.mktemp("hub"), _HUB_SOCKET)
+    if constants.ENDPOINT != server.url or constants.HF_HOME != _HF_HOME:
+        pytest.fail("huggingface_hub was imported before tests/conftest.py set HF_ENDPOINT and HF_HOME")
+    with server:
+        yield server
+
+
+# --- end of the local Hub block -------------------------------------------------------------------------
 
 # The allowed choices, as DESIGN.md lists them (not imported from the library: the tests
 # check the library against the design).
