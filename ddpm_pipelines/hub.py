@@ -186,29 +186,34 @@ def model_card(repo_id: str, class_name: str, *, images: bool, description: str 
     )
 
 
-def push_folder(
-    save: Callable[[Path], None],
-    card: Callable[[str], str],
-    repo_id: str,
-    *,
-    commit_message: str | None = None,
-    private: bool | None = None,
-    token: str | None = None,
-    revision: str | None = None,
-    create_pr: bool = False,
-) -> Any:
-    """Create `repo_id` if needed and upload, as one commit, what `save` writes plus the
-    model card `card(repo_id)` as README.md. Returns huggingface_hub's CommitInfo (its
-    `.oid` is the new revision, which `from_pretrained(..., revision=...)` loads later)."""
-    api = HfApi(token=token)
-    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    with tempfile.TemporaryDirectory() as tmp:
-        save(Path(tmp))
-        (Path(tmp) / "README.md").write_text(card(repo_id), encoding="utf-8")
-        return api.upload_folder(
-            repo_id=repo_id,
-            folder_path=tmp,
-            commit_message=commit_message or "Upload with ddpm-pipelines",
-            revision=revision,
-            create_pr=create_pr,
-        )
+class PushToHubMixin:
+    """`push_to_hub` for a class with `save_pretrained(folder)` and `_model_card(repo_id)`."""
+
+    def _model_card(self, repo_id: str) -> str:
+        raise NotImplementedError
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+    ) -> Any:
+        """Create `repo_id` if needed and upload, as one commit, what `save_pretrained`
+        writes plus a model card (README.md). Returns huggingface_hub's CommitInfo: its
+        `.oid` is the new revision, which `from_pretrained(repo_id, revision=oid)` loads."""
+        api = HfApi(token=token)
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(Path(tmp))
+            (Path(tmp) / "README.md").write_text(self._model_card(repo_id), encoding="utf-8")
+            return api.upload_folder(
+                repo_id=repo_id,
+                folder_path=tmp,
+                commit_message=commit_message or "Upload with ddpm-pipelines",
+                revision=revision,
+                create_pr=create_pr,
+            )

@@ -21,7 +21,7 @@ from torch import nn
 from . import hub
 
 
-class PretrainedMixin:
+class PretrainedMixin(hub.PushToHubMixin):
     """Loading, saving and publishing for our models: safetensors only, strict (missing or
     unexpected weights are an error), atomic saves, push to the Hub with a model card."""
 
@@ -59,28 +59,8 @@ class PretrainedMixin:
             lambda tmp: ModelMixin.save_pretrained(self, tmp, safe_serialization=True), save_directory
         )
 
-    def push_to_hub(
-        self,
-        repo_id: str,
-        *,
-        commit_message: str | None = None,
-        private: bool | None = None,
-        token: str | None = None,
-        revision: str | None = None,
-        create_pr: bool = False,
-    ):
-        """Upload the weights, config and a model card as one commit; returns its CommitInfo."""
-        name = type(self).__name__
-        return hub.push_folder(
-            self.save_pretrained,
-            lambda repo: hub.model_card(repo, name, images=isinstance(self, UNet2DModel)),
-            repo_id,
-            commit_message=commit_message,
-            private=private,
-            token=token,
-            revision=revision,
-            create_pr=create_pr,
-        )
+    def _model_card(self, repo_id: str) -> str:
+        return hub.model_card(repo_id, type(self).__name__, images=isinstance(self, UNet2DModel))
 
 
 # ---- UNet ------------------------------------------------------------------------------------

@@ -66,7 +66,7 @@ def _features(unet: torch.nn.Module) -> tuple[int, int]:
     return config.in_channels, config.out_channels
 
 
-class DDPMPipeline(DiffusionPipeline):
+class DDPMPipeline(hub.PushToHubMixin, DiffusionPipeline):
     """Generate with `unet` (a UNetModel, diffusers' UNet2DModel or an MLPModel) and
     `scheduler` (ours or any diffusers scheduler):
 
@@ -242,29 +242,8 @@ class DDPMPipeline(DiffusionPipeline):
 
         hub.save_atomically(write, save_directory)
 
-    def push_to_hub(
-        self,
-        repo_id: str,
-        *,
-        commit_message: str | None = None,
-        private: bool | None = None,
-        token: str | None = None,
-        revision: str | None = None,
-        create_pr: bool = False,
-    ):
-        """Upload the pipeline and a model card as one commit; returns its CommitInfo, whose
-        `.oid` loads this version later with `from_pretrained(repo_id, revision=oid)`."""
-        images = "in_features" not in self.unet.config
-        return hub.push_folder(
-            self.save_pretrained,
-            lambda repo: hub.model_card(repo, "DDPMPipeline", images=images),
-            repo_id,
-            commit_message=commit_message,
-            private=private,
-            token=token,
-            revision=revision,
-            create_pr=create_pr,
-        )
+    def _model_card(self, repo_id: str) -> str:
+        return hub.model_card(repo_id, "DDPMPipeline", images="in_features" not in self.unet.config)
 
 
 def _check_count(name: str, value: Any, most: int | None = None, why: str = "") -> None:
