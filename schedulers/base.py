@@ -219,15 +219,17 @@ class DiffusionScheduler(SchedulerMixin, ConfigMixin):
         picked = picked.reshape(*t.shape, *([1] * (like.dim() - t.dim())), picked.shape[-1])
         return Coefficients(*picked.unbind(-1))  # each (B, 1, ..., 1)
 
-    def _table(self, which: str, like: torch.Tensor) -> tuple[torch.Tensor, list[Coefficients]]:
-        """The chain table cast to `like`'s device and dtype once, and its rows unpacked
-        (so that a step at an int timestep costs no tensor indexing)."""
+    def _table(self, which: str, like: torch.Tensor) -> tuple[torch.Tensor, dict[int, Coefficients]]:
+        """The chain table cast to `like`'s device and dtype once, and the rows of the chain's
+        timesteps unpacked (so that a step at an int timestep costs no tensor indexing, and
+        a new sampling chain unpacks only its own rows)."""
         key = (which, like.device, like.dtype)
         cached = self._cast_cache.get(key)
         if cached is None:
             source = self._sample_table if which == "sample" else self._train_table
             table = source.to(device=like.device, dtype=like.dtype)
-            rows = [Coefficients(*row.unbind(-1)) for row in table.unbind(0)]
+            timesteps = self._chain.tolist() if which == "sample" else range(len(table))
+            rows = {t: Coefficients(*table[t].unbind(-1)) for t in timesteps}
             cached = self._cast_cache[key] = (table, rows)
         return cached
 
