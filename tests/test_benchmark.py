@@ -1,4 +1,4 @@
-"""The step benchmark runs and reports ratios (its figures are for people, not assertions)."""
+"""The benchmarks run and report ratios (their figures are for people, not assertions)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import json
 import pathlib
 import subprocess
 import sys
+
+import pytest
+import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -25,3 +28,49 @@ def test_scheduler_step_benchmark_rejects_bad_arguments():
     cmd = [sys.executable, "benchmarks/scheduler_step.py", "--rounds", "0"]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "--rounds=0" in result.stderr
+
+
+def test_sampling_benchmark_runs(tmp_path):
+    out = tmp_path / "sampling.json"
+    cmd = [sys.executable, "benchmarks/sampling.py", "--rounds", "1", "--steps-unet", "2", "--steps-mlp", "3"]
+    cmd += ["--no-compile", "--out", str(out)]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "diffusers/ours" in result.stdout and "max abs diff" in result.stdout
+    results = json.loads(out.read_text())
+    rows = results["rows"]
+    assert {(r["case"], r["variant"]) for r in rows} == {
+        ("unet small-32, 16×3×32×32", "diffusers DDPMPipeline"),
+        ("unet small-32, 16×3×32×32", "ours, eager"),
+        ("mlp, 10000×2 points", "diffusers loop"),
+        ("mlp, 10000×2 points", "ours, eager"),
+    }
+    assert all(r["seconds"] > 0 and r["ms_per_step"] > 0 and r["ratio"] > 0 for r in rows)
+    assert all(r["agrees"] and 0 <= r["max_abs_diff"] < 1e-3 for r in rows)  # the same computation
+    assert {r["steps"] for r in rows} == {2, 3}
+    parts = {r["component"]: r["ms_per_step"] for r in results["components"]}
+    assert "MLP forward, eager" in parts and "diffusers DDPMScheduler.step" in parts
+    assert all(ms > 0 for ms in parts.values())
+    assert results["compile"] == [] and results["meta"]["compile_mode"] is None
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--rounds", "0"], "--rounds=0"),
+        (["--steps-mlp", "0"], "--steps-mlp=0"),
+        (["--steps-unet", "1001"], "--steps-unet=1001"),
+        (["--device", "tpu"], "--device"),
+    ],
+)
+def test_sampling_benchmark_rejects_bad_arguments(args, message):
+    cmd = [sys.executable, "benchmarks/sampling.py", *args]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and message in result.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error given without a CUDA device")
+def test_sampling_benchmark_refuses_cuda_without_a_gpu():
+    cmd = [sys.executable, "benchmarks/sampling.py", "--device", "cuda"]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--device cuda" in result.stderr and "no CUDA device" in result.stderr
