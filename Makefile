@@ -34,6 +34,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/scheduler_step.py
+	$(PY) benchmarks/sampling.py
 
 demo:
 	@echo "make demo will install the [demo] extra and start the Gradio demo (spaces/app.py)"
