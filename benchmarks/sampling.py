@@ -59,6 +59,7 @@ from collections.abc import Callable
 import diffusers
 import torch
 import torch.nn.functional as F
+from common import pyplot, sync
 
 import schedulers
 from ddpm_pipelines import DDPMPipeline
@@ -75,17 +76,12 @@ MATMULS, SILUS = "its 6 hidden matmuls alone", "its 7 SiLUs alone"
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def timed(fn: Callable[[], torch.Tensor], device: torch.device) -> tuple[float, torch.Tensor]:
     """(seconds, result) of one call, with the device synchronised on both sides."""
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     result = fn()
-    _sync(device)
+    sync(device)
     return time.perf_counter() - start, result
 
 
@@ -601,13 +597,8 @@ def main() -> None:
 
 def plot(rows: list[dict], path: str, title: str) -> None:
     """Bar chart of ms per step of every variant, one panel per case, diffusers first."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot (pip install matplotlib, or the [demo] extra)")
+    plt = pyplot()
+    if plt is None:
         return
     cases = list(dict.fromkeys(r["case"] for r in rows))
     fig, axes = plt.subplots(1, len(cases), figsize=(5 * len(cases), 4), squeeze=False)

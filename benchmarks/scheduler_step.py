@@ -25,6 +25,7 @@ import time
 
 import diffusers
 import torch
+from common import pyplot, sync
 
 import schedulers
 
@@ -39,11 +40,6 @@ CONFIGS = {
 }
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def time_loop(scheduler, shape, device: torch.device, steps: int) -> float:
     """Seconds per step over `set_timesteps(steps)` timesteps."""
     scheduler.set_timesteps(steps, device=device if isinstance(scheduler, schedulers.DDPMScheduler) else None)
@@ -52,22 +48,22 @@ def time_loop(scheduler, shape, device: torch.device, steps: int) -> float:
     model_output = torch.randn(shape, generator=g, device=device)
     for t in scheduler.timesteps[:20]:  # warm-up: tables cast to the device, caches filled
         scheduler.step(model_output, t, sample, generator=g)
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     for t in scheduler.timesteps:  # the same inputs each step: no drift into huge or denormal values
         scheduler.step(model_output, t, sample, generator=g)
-    _sync(device)
+    sync(device)
     return (time.perf_counter() - start) / len(scheduler.timesteps)
 
 
 def time_noise(shape, device: torch.device, steps: int) -> float:
     """Seconds per torch.randn draw of the step's noise: the floor under both steps."""
     g = torch.Generator(device=device).manual_seed(0)
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     for _ in range(steps):
         torch.randn(shape, generator=g, device=device)
-    _sync(device)
+    sync(device)
     return (time.perf_counter() - start) / steps
 
 
@@ -133,13 +129,8 @@ def main() -> None:
 
 def plot(rows: list[dict], path: str, title: str) -> None:
     """Bar chart of µs per step, ours beside diffusers, with the noise floor marked."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot (pip install matplotlib, or the [demo] extra)")
+    plt = pyplot()
+    if plt is None:
         return
     labels = [f"{r['case']}\n{r['config']}" for r in rows]
     x = range(len(rows))
