@@ -24,3 +24,9 @@ def pyplot() -> Any:
         print("matplotlib is not installed: no plot (pip install matplotlib, or the [demo] extra)")
         return None
     return plt
+
+
+def save_figure(fig: Any, path: str) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")

@@ -59,7 +59,7 @@ from collections.abc import Callable
 import diffusers
 import torch
 import torch.nn.functional as F
-from common import pyplot, sync
+from common import pyplot, save_figure, sync
 
 import schedulers
 from ddpm_pipelines import DDPMPipeline
@@ -615,10 +615,8 @@ def plot(rows: list[dict], path: str, title: str) -> None:
         ax.set_ylabel("ms per step")
         ax.set_title(f"{case}, {case_rows[0]['steps']} steps", fontsize=9)
     fig.suptitle(f"sampling, diffusers/ours above the bars ({title})", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
-    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

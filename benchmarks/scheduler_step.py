@@ -25,7 +25,7 @@ import time
 
 import diffusers
 import torch
-from common import pyplot, sync
+from common import pyplot, save_figure, sync
 
 import schedulers
 
@@ -142,10 +142,8 @@ def plot(rows: list[dict], path: str, title: str) -> None:
     ax.set_ylabel("µs per step")
     ax.set_title(f"DDPMScheduler.step ({title})")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
-    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
