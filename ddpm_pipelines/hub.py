@@ -161,7 +161,7 @@ def save_atomically(write: Callable[[Path], None], directory: str | os.PathLike)
             os.replace(src, dst)
 
 
-def model_card(repo_id: str, class_name: str, *, images: bool, description: str = "") -> str:
+def model_card(repo_id: str, class_name: str, *, images: bool) -> str:
     """A README.md for the Hub: YAML metadata, what the repo holds and how to load it."""
     tags = ["ddpm", "ddpm-pipelines", "diffusers"]
     if images:
@@ -181,7 +181,7 @@ def model_card(repo_id: str, class_name: str, *, images: bool, description: str 
         f"---\n{metadata.to_yaml()}\n---\n\n# {repo_id}\n\n"
         f"A denoising diffusion probabilistic model (DDPM, Ho et al. 2020) saved by "
         f"[ddpm-pipelines](https://pypi.org/project/ddpm-pipelines/) in diffusers' file layout "
-        f"(safetensors weights).\n\n{description}{'' if not description else chr(10) * 2}"
+        f"(safetensors weights).\n\n"
         f"## Usage\n\n```python\nfrom ddpm_pipelines import {class_name}\n\n{usage}\n```\n"
     )
 

@@ -58,10 +58,15 @@ class DDPMPipelineOutput(BaseOutput):
     trajectory: Trajectory | None = None
 
 
+def _makes_points(unet: torch.nn.Module) -> bool:
+    """Whether the model works on points (B, features), like MLPModel, rather than images."""
+    return "in_features" in unet.config
+
+
 def _features(unet: torch.nn.Module) -> tuple[int, int]:
     """(input, output) channels of an image model, or features of a point model."""
     config = unet.config
-    if "in_features" in config:
+    if _makes_points(unet):
         return config.in_features, config.out_features or config.in_features
     return config.in_channels, config.out_channels
 
@@ -106,7 +111,7 @@ class DDPMPipeline(hub.PushToHubMixin, DiffusionPipeline):
     def sample_shape(self, batch_size: int) -> tuple[int, ...]:
         """The shape of x_t: (B, C, H, W) for an image model, (B, features) for points."""
         config = self.unet.config
-        if "in_features" in config:
+        if _makes_points(self.unet):
             return (batch_size, config.in_features)
         size = config.sample_size
         return (batch_size, config.in_channels, *((size, size) if isinstance(size, int) else size))
@@ -132,7 +137,7 @@ class DDPMPipeline(hub.PushToHubMixin, DiffusionPipeline):
             `.trajectory` (for pictures of the denoising).
         callback: called after each step as `callback(step_index, timestep, x_{t−1}, x̂_0)`.
         """
-        points = "in_features" in self.unet.config
+        points = _makes_points(self.unet)
         output_type = output_type or ("np" if points else "pil")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type={output_type!r} is not supported; allowed values: {OUTPUT_TYPES}")
@@ -243,7 +248,7 @@ class DDPMPipeline(hub.PushToHubMixin, DiffusionPipeline):
         hub.save_atomically(write, save_directory)
 
     def _model_card(self, repo_id: str) -> str:
-        return hub.model_card(repo_id, "DDPMPipeline", images="in_features" not in self.unet.config)
+        return hub.model_card(repo_id, "DDPMPipeline", images=not _makes_points(self.unet))
 
 
 def _check_count(name: str, value: Any, most: int | None = None, why: str = "") -> None:
