@@ -205,15 +205,45 @@ class PushToHubMixin:
         """Create `repo_id` if needed and upload, as one commit, what `save_pretrained`
         writes plus a model card (README.md). Returns huggingface_hub's CommitInfo: its
         `.oid` is the new revision, which `from_pretrained(repo_id, revision=oid)` loads."""
-        api = HfApi(token=token)
-        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
         with tempfile.TemporaryDirectory() as tmp:
             self.save_pretrained(Path(tmp))
             (Path(tmp) / "README.md").write_text(self._model_card(repo_id), encoding="utf-8")
-            return api.upload_folder(
-                repo_id=repo_id,
-                folder_path=tmp,
-                commit_message=commit_message or "Upload with ddpm-pipelines",
+            return push_folder(
+                tmp,
+                repo_id,
+                commit_message=commit_message,
+                private=private,
+                token=token,
                 revision=revision,
                 create_pr=create_pr,
             )
+
+
+def push_folder(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    commit_message: str | None = None,
+    private: bool | None = None,
+    token: str | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+) -> Any:
+    """Create `repo_id` if needed and upload a saved folder's configs, safetensors and
+    model card as one commit (never its pickles or anything else); returns the CommitInfo."""
+    folder = Path(folder)
+    if not ((folder / "model_index.json").is_file() or (folder / "config.json").is_file()):
+        raise ValueError(
+            f"{str(folder)!r} holds no model_index.json or config.json: pass a folder that "
+            f"save_pretrained wrote"
+        )
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    return api.upload_folder(
+        repo_id=repo_id,
+        folder_path=folder,
+        allow_patterns=list(ALLOW_PATTERNS),
+        commit_message=commit_message or "Upload with ddpm-pipelines",
+        revision=revision,
+        create_pr=create_pr,
+    )

@@ -198,12 +198,12 @@ def training_losses(
 
     if loss_type == "vlb":
         return vlb_bits(model_output)
-    target = {
-        "epsilon": noise,
-        "sample": x0,
-        "v_prediction": scheduler.get_velocity(x0, noise, t),
-        "posterior_mean": scheduler.q_posterior(x0, x_t, t)[0],
-    }[scheduler.config.prediction_type]
+    target = {  # only the one the model predicts is computed
+        "epsilon": lambda: noise,
+        "sample": lambda: x0,
+        "v_prediction": lambda: scheduler.get_velocity(x0, noise, t),
+        "posterior_mean": lambda: scheduler.q_posterior(x0, x_t, t)[0],
+    }[scheduler.config.prediction_type]()
     mse = _mean_dims((prediction - target) ** 2)
     if loss_type == "simple":
         return mse

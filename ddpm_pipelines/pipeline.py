@@ -58,7 +58,7 @@ class DDPMPipelineOutput(BaseOutput):
     trajectory: Trajectory | None = None
 
 
-def _makes_points(unet: torch.nn.Module) -> bool:
+def makes_points(unet: torch.nn.Module) -> bool:
     """Whether the model works on points (B, features), like MLPModel, rather than images."""
     return "in_features" in unet.config
 
@@ -66,7 +66,7 @@ def _makes_points(unet: torch.nn.Module) -> bool:
 def _features(unet: torch.nn.Module) -> tuple[int, int]:
     """(input, output) channels of an image model, or features of a point model."""
     config = unet.config
-    if _makes_points(unet):
+    if makes_points(unet):
         return config.in_features, config.out_features or config.in_features
     return config.in_channels, config.out_channels
 
@@ -111,7 +111,7 @@ class DDPMPipeline(hub.PushToHubMixin, DiffusionPipeline):
     def sample_shape(self, batch_size: int) -> tuple[int, ...]:
         """The shape of x_t: (B, C, H, W) for an image model, (B, features) for points."""
         config = self.unet.config
-        if _makes_points(self.unet):
+        if makes_points(self.unet):
             return (batch_size, config.in_features)
         size = config.sample_size
         return (batch_size, config.in_channels, *((size, size) if isinstance(size, int) else size))
@@ -137,7 +137,7 @@ class DDPMPipeline(hub.PushToHubMixin, DiffusionPipeline):
             `.trajectory` (for pictures of the denoising).
         callback: called after each step as `callback(step_index, timestep, x_{t−1}, x̂_0)`.
         """
-        points = _makes_points(self.unet)
+        points = makes_points(self.unet)
         output_type = output_type or ("np" if points else "pil")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type={output_type!r} is not supported; allowed values: {OUTPUT_TYPES}")
@@ -248,7 +248,26 @@ class DDPMPipeline(hub.PushToHubMixin, DiffusionPipeline):
         hub.save_atomically(write, save_directory)
 
     def _model_card(self, repo_id: str) -> str:
-        return hub.model_card(repo_id, "DDPMPipeline", images=not _makes_points(self.unet))
+        return hub.model_card(repo_id, "DDPMPipeline", images=not makes_points(self.unet))
+
+
+# The pretrained pipelines that ship inside the package (examples/train_pretrained.py made them).
+PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+PRETRAINED = ("swiss-roll", "digits")
+
+
+def load_pretrained(name: str) -> DDPMPipeline:
+    """A pipeline that ships with the package, offline: "swiss-roll" (an MLPModel on the 2-D
+    Swiss roll) or "digits" (a UNet on scikit-learn's 8×8 digits). Their model cards
+    (README.md in `PRETRAINED_DIR / name`) say how they were trained and measured."""
+    if name not in PRETRAINED:
+        raise ValueError(
+            f"name={name!r} is not a pretrained pipeline of this package; allowed values: {PRETRAINED}"
+        )
+    folder = PRETRAINED_DIR / name
+    if not (folder / "model_index.json").is_file():
+        raise OSError(f"the pretrained pipeline {name!r} is missing from {folder}: reinstall ddpm-pipelines")
+    return DDPMPipeline.from_pretrained(folder)
 
 
 def _check_count(name: str, value: Any, most: int | None = None, why: str = "") -> None:

@@ -86,3 +86,26 @@ def test_pipeline_on_the_gpu(dtype):
     assert gpu.device.type == "cuda" and set(dtypes) == {torch.float32}
     tolerance = 1e-3 if dtype == torch.float32 else 0.1  # bf16 on the CPU: 0.016 after 50 steps
     assert (gpu.cpu() - cpu).abs().max() < tolerance
+
+
+@pytest.mark.parametrize("mixed_precision", ["no", "bf16", "fp16"])
+def test_training_on_the_gpu(tmp_path, mixed_precision):
+    """A short run on the GPU (accelerate puts the model and data there), in each precision:
+    the weights stay float32, the loss is finite, and the pipeline it saves loads."""
+    from ddpm_pipelines import DDPMPipeline
+    from ddpm_pipelines.training import TrainingConfig, train
+
+    config = TrainingConfig(
+        output_dir=str(tmp_path / mixed_precision),
+        dataset="digits",
+        model="tiny-8",
+        loss="hybrid",
+        max_steps=20,
+        batch_size=32,
+        mixed_precision=mixed_precision,
+        progress=False,
+    )
+    result = train(config)
+    assert torch.isfinite(torch.tensor(result.final_loss))
+    pipe = DDPMPipeline.from_pretrained(result.pipeline_dir)
+    assert pipe.unet.dtype == torch.float32

@@ -1,0 +1,181 @@
+"""The command line: `ddpm-pipelines train | evaluate | sample | push` (also `python -m
+ddpm_pipelines`). `train` runs under `accelerate launch` or `torchrun` unchanged."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+from . import training
+from .losses import LOSS_TYPES
+
+# The options of `train` with a fixed set of values (the rest take their type from the default).
+CHOICES = {
+    "model": training.MODELS,
+    "loss": LOSS_TYPES,
+    "timestep_sampler": training.TIMESTEP_SAMPLERS,
+    "mixed_precision": training.MIXED_PRECISIONS,
+    "lr_schedule": training.LR_SCHEDULES,
+}
+# Options whose default is None, by the type of their value.
+OPTIONAL_TYPES = {"num_samples": int, "image_size": int, "variance_type": str, "push_to_hub": str}
+
+
+def _add_training_options(parser: argparse.ArgumentParser) -> None:
+    """One --flag per TrainingConfig field (its help text, type and default)."""
+    for f in dataclasses.fields(training.TrainingConfig):
+        if f.name == "command":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        help = f.metadata["help"]
+        if f.name == "output_dir":
+            parser.add_argument(flag, required=True, help=help)
+        elif isinstance(f.default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help)
+        elif f.name == "max_grad_norm":
+            parser.add_argument(
+                flag, type=_float_or_none, default=f.default, help=help + " ('none': no clipping)"
+            )
+        else:
+            kind = OPTIONAL_TYPES.get(f.name) or type(f.default)
+            parser.add_argument(flag, type=kind, default=f.default, choices=CHOICES.get(f.name), help=help)
+
+
+def _float_or_none(text: str) -> float | None:
+    return None if text.lower() == "none" else float(text)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ddpm-pipelines", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a DDPM (also under accelerate launch / torchrun)")
+    _add_training_options(train)
+
+    evaluate = commands.add_parser("evaluate", help="bits/dim and sample quality of a trained pipeline")
+    evaluate.add_argument("pipeline", help="a pipeline folder or Hub repo id")
+    evaluate.add_argument("--dataset", required=True, help="the data it was trained on (its train split)")
+    evaluate.add_argument(
+        "--test-dataset", default=None, help="held-out data (default: --dataset's test split), e.g. a folder"
+    )
+    evaluate.add_argument("--num-samples", type=int, default=5000, help="generated samples (default 5000)")
+    evaluate.add_argument("--nll-examples", type=int, default=256, help="held-out examples for bits/dim")
+    evaluate.add_argument("--batch-size", type=int, default=256)
+    evaluate.add_argument("--image-size", type=int, default=None)
+    evaluate.add_argument(
+        "--dino", default=None, help="a Dinov2Model folder or Hub id, for FD_DINOv2 (images)"
+    )
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument(
+        "--out", default=None, help="folder for metrics.json and the plot (default: beside)"
+    )
+
+    sample = commands.add_parser("sample", help="generate with a pipeline and save a picture")
+    sample.add_argument("pipeline", help="a pipeline folder or Hub repo id")
+    sample.add_argument("--out", required=True, help="a .png file")
+    sample.add_argument("--batch-size", type=int, default=16)
+    sample.add_argument("--steps", type=int, default=None, help="inference steps (default: all)")
+    sample.add_argument("--seed", type=int, default=0)
+
+    push = commands.add_parser("push", help="upload a saved pipeline or model folder to the Hub")
+    push.add_argument("folder")
+    push.add_argument("repo_id")
+    push.add_argument("--private", action="store_true")
+    push.add_argument("--revision", default=None, help="a branch to push to")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args, argv)
+    except (ValueError, OSError, training.TrainingError) as error:
+        print(f"ddpm-pipelines {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _train(args: argparse.Namespace, argv: list[str]) -> int:
+    options = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(training.TrainingConfig)
+        if f.name != "command"
+    }
+    config = training.TrainingConfig(**options, command="ddpm-pipelines " + shlex.join(argv))
+    result = training.train(config)
+    print(f"trained {result.steps} steps in {result.seconds:.0f} s; the pipeline is in {result.pipeline_dir}")
+    if result.push_error:
+        print(result.push_error, file=sys.stderr)
+        return 1
+    return 0
+
+
+def _evaluate(args: argparse.Namespace, argv: list[str]) -> int:
+    import torch
+
+    from . import evaluation
+    from .data import load_dataset
+    from .pipeline import DDPMPipeline
+
+    pipe = DDPMPipeline.from_pretrained(args.pipeline)
+    train = load_dataset(args.dataset, "train", image_size=args.image_size, seed=args.seed)
+    if args.test_dataset:
+        test = load_dataset(args.test_dataset, "train", image_size=args.image_size, seed=args.seed + 1)
+    else:
+        test = load_dataset(args.dataset, "test", image_size=args.image_size, seed=args.seed)
+    dino = evaluation.DINOv2Features(args.dino) if args.dino else None
+    metrics = evaluation.evaluate(
+        pipe,
+        train,
+        test,
+        num_samples=args.num_samples,
+        batch_size=args.batch_size,
+        nll_examples=args.nll_examples,
+        generator=torch.Generator().manual_seed(args.seed),
+        dino=dino,
+        progress=True,
+    )
+    out = Path(args.out) if args.out else Path(args.pipeline) if Path(args.pipeline).is_dir() else Path(".")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    evaluation.plot_vlb_terms_from_metrics(metrics, out / "vlb_terms.png")
+    print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, list)}, indent=2))
+    print(f"wrote {out / 'metrics.json'} and {out / 'vlb_terms.png'}")
+    return 0
+
+
+def _sample(args: argparse.Namespace, argv: list[str]) -> int:
+    import torch
+
+    from .images import image_grid, points_image
+    from .pipeline import DDPMPipeline, makes_points
+
+    pipe = DDPMPipeline.from_pretrained(args.pipeline)
+    generator = torch.Generator().manual_seed(args.seed)
+    out = pipe(
+        batch_size=args.batch_size, num_inference_steps=args.steps, generator=generator, output_type="pt"
+    )
+    picture = points_image(out.images) if makes_points(pipe.unet) else image_grid(out.images)
+    picture.save(args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _push(args: argparse.Namespace, argv: list[str]) -> int:
+    from . import hub
+
+    commit = hub.push_folder(args.folder, args.repo_id, private=args.private or None, revision=args.revision)
+    print(f"pushed {args.folder} to {args.repo_id} ({commit.oid})")
+    return 0
+
+
+COMMANDS = {"train": _train, "evaluate": _evaluate, "sample": _sample, "push": _push}
+
+if __name__ == "__main__":
+    sys.exit(main())

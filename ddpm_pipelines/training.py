@@ -1,0 +1,704 @@
+"""Training a DDPM (MATH.md §5): `train(TrainingConfig(...))`, or `ddpm-pipelines train`.
+
+One loop for one CPU or many GPUs (Hugging Face accelerate; the same command runs under
+`accelerate launch` or `torchrun`): a batch x_0 → t (uniform, or importance-sampled by the
+loss's second moment, iDDPM §3.3) → `losses.training_losses` → AdamW with warm-up, gradient
+clipping and accumulation → an EMA of the weights.
+
+Everything random in a step is drawn from generators seeded by (seed, micro-batch, rank),
+and the data order of every epoch by (seed, epoch), so the state of a run is its step count
+plus what the checkpoint holds (weights, EMA, optimizer, the importance sampler's history):
+`resume=True` continues a killed run exactly where it stopped. Checkpoints are safetensors
+and JSON only, each written to a temporary folder and renamed into place, so a crash
+mid-write leaves the previous checkpoints intact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import safetensors.torch
+import torch
+
+import schedulers
+from schedulers.base import check_choice
+
+from . import hub
+from .data import load_dataset
+from .losses import LOSS_TYPES, training_losses
+from .models import UNET_PRESETS, MLPModel, UNetModel
+from .pipeline import DDPMPipeline, makes_points
+
+logger = logging.getLogger(__name__)
+
+TimestepSampler = Literal["uniform", "importance"]
+MixedPrecision = Literal["no", "fp16", "bf16"]
+LRSchedule = Literal["constant", "cosine", "linear"]
+TIMESTEP_SAMPLERS: tuple[str, ...] = get_args(TimestepSampler)
+MIXED_PRECISIONS: tuple[str, ...] = get_args(MixedPrecision)
+LR_SCHEDULES: tuple[str, ...] = get_args(LRSchedule)
+MODELS = ("mlp", *UNET_PRESETS)
+CHECKPOINT_PREFIX = "step-"
+
+
+class TrainingError(RuntimeError):
+    """A run stopped: a non-finite loss, a dataset too small, a checkpoint that can't be read."""
+
+
+def _option(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainingConfig:
+    """Every option of a run; saved as `training_config.json` in `output_dir`."""
+
+    output_dir: str = field(metadata={"help": "where checkpoints, metrics, samples and the pipeline go"})
+    dataset: str = _option("swiss-roll", "swiss-roll, digits, a folder of images, or hf:NAME")
+    num_samples: int | None = _option(None, "the dataset's size (default: the dataset's own)")
+    image_size: int | None = _option(None, "resize images to this (folders and hf: datasets)")
+    model: str = _option("mlp", "mlp (points) or a UNet preset (images)")
+    loss: str = _option("simple", "simple, vlb or hybrid (MATH.md §5)")
+    variance_type: str | None = _option(None, "default: fixed_small for simple, learned_range otherwise")
+    beta_schedule: str = _option("linear", "linear, scaled_linear, cosine or sigmoid (MATH.md §1)")
+    num_train_timesteps: int = _option(1000, "T, the length of the forward process")
+    timestep_sampler: str = _option("uniform", "uniform, or importance (iDDPM §3.3; for vlb)")
+    batch_size: int = _option(128, "per process and per micro-batch")
+    gradient_accumulation_steps: int = _option(1, "micro-batches per optimizer step")
+    max_steps: int = _option(1000, "optimizer steps")
+    learning_rate: float = _option(1e-3, "AdamW's peak learning rate")
+    lr_schedule: str = _option("constant", "after the warm-up: constant, cosine or linear decay")
+    warmup_steps: int = _option(100, "steps of linear learning-rate warm-up")
+    weight_decay: float = _option(0.0, "AdamW's decoupled weight decay")
+    max_grad_norm: float | None = _option(1.0, "clip the gradient's norm to this")
+    ema_decay: float = _option(0.9999, "the EMA's largest decay; 0 turns the EMA off")
+    ema_power: float = _option(2 / 3, "EMA warm-up: decay = 1 − (1 + step)^−power, up to ema_decay")
+    mixed_precision: str = _option("no", "no, fp16 or bf16 (CUDA)")
+    seed: int = _option(0, "seeds the weights, the data order and every draw")
+    log_every: int = _option(50, "steps between lines of metrics.jsonl")
+    sample_every: int = _option(0, "steps between sample grids (0: none)")
+    sample_steps: int = _option(100, "inference steps of those samples")
+    checkpoint_every: int = _option(500, "steps between checkpoints (0: only at the end)")
+    keep_checkpoints: int = _option(3, "how many of the newest checkpoints to keep (0: all)")
+    resume: bool = _option(False, "continue from the newest checkpoint in output_dir")
+    push_to_hub: str | None = _option(None, "a Hub repo id: push the pipeline at the end")
+    push_every_checkpoint: bool = _option(False, "also push at every checkpoint")
+    tensorboard: bool = _option(True, "also log to TensorBoard when it is installed")
+    progress: bool = _option(True, "show a progress bar")
+    command: str | None = field(
+        default=None, repr=False, metadata={"help": "the command line, for the model card"}
+    )
+
+    def __post_init__(self) -> None:
+        check_choice("model", self.model, MODELS)
+        check_choice("loss", self.loss, LOSS_TYPES)
+        check_choice("timestep_sampler", self.timestep_sampler, TIMESTEP_SAMPLERS)
+        check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISIONS)
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        for name in ("batch_size", "gradient_accumulation_steps", "max_steps", "num_train_timesteps"):
+            _check_int(name, getattr(self, name), 1)
+        for name in ("warmup_steps", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints"):
+            _check_int(name, getattr(self, name), 0)
+        _check_int("sample_steps", self.sample_steps, 1)
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise ValueError(f"learning_rate={self.learning_rate!r} must be a positive number")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay={self.ema_decay!r} must be in [0, 1)")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm={self.max_grad_norm!r} must be positive (or None: no clipping)")
+        if self.push_every_checkpoint and not self.push_to_hub:
+            raise ValueError("push_every_checkpoint=True needs push_to_hub=<repo id>")
+
+    @property
+    def learned_variance(self) -> bool:
+        return self.resolved_variance_type in ("learned", "learned_range")
+
+    @property
+    def resolved_variance_type(self) -> str:
+        if self.variance_type is not None:
+            return self.variance_type
+        return "fixed_small" if self.loss == "simple" else "learned_range"
+
+
+def _check_int(name: str, value: Any, least: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        raise ValueError(f"{name}={value!r} must be an integer ≥ {least}")
+
+
+@dataclass
+class TrainResult:
+    pipeline_dir: Path  # the final pipeline (EMA weights when the EMA is on)
+    steps: int
+    seconds: float  # wall time of this process's training (not counting a resumed run's earlier part)
+    final_loss: float
+    push_error: str | None = None  # set when a push failed; everything stays local
+
+
+# ---- timestep samplers (iDDPM §3.3) -----------------------------------------------------------------
+
+
+class LossSecondMomentSampler:
+    """t with probability p_t ∝ √E[L_t²] over the last `history` losses at each t, mixed with
+    `uniform_prob` of the uniform, once every t has that many; uniform before. The loss is
+    reweighted by 1/(T p_t) so that its expectation is unchanged (iDDPM §3.3)."""
+
+    def __init__(self, num_timesteps: int, history: int = 10, uniform_prob: float = 0.001):
+        self.uniform_prob = uniform_prob
+        self.losses = torch.zeros(num_timesteps, history, dtype=torch.float64)  # (T, H)
+        self.counts = torch.zeros(num_timesteps, dtype=torch.long)  # (T,)
+
+    def probabilities(self) -> torch.Tensor:  # (T,)
+        T, H = self.losses.shape
+        if bool((self.counts < H).any()):
+            return torch.full((T,), 1.0 / T, dtype=torch.float64)
+        weights = self.losses.pow(2).mean(dim=1).sqrt()
+        weights = weights / weights.sum()
+        return weights * (1 - self.uniform_prob) + self.uniform_prob / T
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(t (B,), weights (B,) = 1/(T p_t))."""
+        p = self.probabilities()
+        t = torch.multinomial(p, batch_size, replacement=True, generator=generator)
+        return t, (1.0 / (len(p) * p[t])).float()
+
+    def update(self, t: torch.Tensor, losses: torch.Tensor) -> None:
+        """Record per-example losses at timesteps t (both (N,), from every process)."""
+        H = self.losses.shape[1]
+        for ti, loss in zip(t.tolist(), losses.double().tolist(), strict=True):
+            if self.counts[ti] == H:
+                self.losses[ti] = torch.roll(self.losses[ti], -1)
+                self.losses[ti, -1] = loss
+            else:
+                self.losses[ti, self.counts[ti]] = loss
+                self.counts[ti] += 1
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"losses": self.losses, "counts": self.counts}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if state["losses"].shape != self.losses.shape:
+            raise TrainingError(
+                f"the checkpoint's importance-sampler history has shape {tuple(state['losses'].shape)}, "
+                f"this run needs {tuple(self.losses.shape)}"
+            )
+        self.losses, self.counts = state["losses"].double(), state["counts"].long()
+
+
+# ---- building the parts ------------------------------------------------------------------------------
+
+
+def build_scheduler(config: TrainingConfig, data: torch.Tensor) -> schedulers.DDPMScheduler:
+    """ε prediction; x̂_0 clipped to [−1, 1] for images, not for points (they are not bounded)."""
+    return schedulers.DDPMScheduler(
+        num_train_timesteps=config.num_train_timesteps,
+        beta_schedule=config.beta_schedule,
+        variance_type=config.resolved_variance_type,
+        clip_sample=data.dim() == 4,
+    )
+
+
+def build_model(config: TrainingConfig, data: torch.Tensor) -> torch.nn.Module:
+    """An MLPModel for points (N, D); a UNetModel preset for images (N, C, H, W), sized to them."""
+    factor = 2 if config.learned_variance else 1
+    if config.model == "mlp":
+        if data.dim() != 2:
+            raise ValueError(f"model='mlp' is for points (N, D); dataset {config.dataset!r} holds images")
+        return MLPModel(in_features=data.shape[1], out_features=factor * data.shape[1])
+    if data.dim() != 4:
+        raise ValueError(
+            f"model={config.model!r} is a UNet for images; dataset {config.dataset!r} holds points"
+        )
+    _, channels, height, _ = data.shape
+    return UNetModel.from_preset(
+        config.model, learned_variance=config.learned_variance, in_channels=channels, sample_size=height
+    )
+
+
+def data_indices(num_examples: int, seed: int, start: int, count: int) -> torch.Tensor:
+    """Positions start … start+count−1 of the run's example stream: the concatenation of
+    one random permutation of the dataset per epoch, epoch e's seeded by (seed, e)."""
+    out, position = [], start
+    while len(out) < count:
+        epoch, offset = divmod(position, num_examples)
+        permutation = torch.randperm(num_examples, generator=_generator(seed, "epoch", epoch))
+        take = permutation[offset : offset + count - len(out)].tolist()
+        out += take
+        position += len(take)
+    return torch.tensor(out)
+
+
+def _generator(seed: int, *parts: Any, device: str | torch.device = "cpu") -> torch.Generator:
+    """A generator seeded by (seed, parts), independent of every other such tuple."""
+    text = json.dumps([seed, *[str(p) for p in parts]])
+    value = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+    return torch.Generator(device=device).manual_seed(value)
+
+
+# ---- checkpoints -------------------------------------------------------------------------------------
+
+
+def checkpoint_dirs(output_dir: str | os.PathLike) -> list[Path]:
+    """The complete checkpoints in `output_dir/checkpoints`, oldest first."""
+    root = Path(output_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)]
+    found = [p for p in found if p.name[len(CHECKPOINT_PREFIX) :].isdigit() and (p / "state.json").exists()]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An optimizer's state_dict split into safetensors tensors and JSON (no pickle)."""
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, values in state["state"].items():
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{index}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in [*tensors.items(), *meta["scalars"].items()]:
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(folder: Path, step: int, model, optimizer, ema, sampler, config: TrainingConfig) -> Path:
+    """Write checkpoints/step-N atomically (a temporary folder renamed into place), then
+    delete all but the newest `keep_checkpoints`."""
+    root = folder / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{CHECKPOINT_PREFIX}{step:08d}"
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
+    try:
+        _save_file(
+            {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+            staging / "model.safetensors",
+        )
+        tensors, optimizer_meta = _optimizer_tensors(optimizer)
+        _save_file(tensors, staging / "optimizer.safetensors")
+        extra: dict[str, torch.Tensor] = {}
+        if ema is not None:
+            extra |= {f"ema.{i}": p.detach().cpu().contiguous() for i, p in enumerate(ema.shadow_params)}
+        if sampler is not None:
+            extra |= {f"sampler.{k}": v for k, v in sampler.state_dict().items()}
+        _save_file(extra, staging / "state.safetensors")
+        state = dict(
+            step=step,
+            optimizer=optimizer_meta,
+            ema_optimization_step=ema.optimization_step if ema is not None else None,
+            config=dataclasses.asdict(config),
+        )
+        _write_text(staging / "state.json", json.dumps(state, indent=2))
+        _fsync_dir(staging)
+        if final.exists():  # the same step written again (a resumed run): replace it
+            shutil.rmtree(final)
+        os.replace(staging, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    for old in checkpoint_dirs(folder)[: -config.keep_checkpoints or None] if config.keep_checkpoints else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path, model, optimizer, ema, sampler) -> int:
+    """Restore a checkpoint into the run's parts; returns its step."""
+    try:
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        weights = safetensors.torch.load_file(path / "model.safetensors")
+        optimizer_tensors = safetensors.torch.load_file(path / "optimizer.safetensors")
+        extra = safetensors.torch.load_file(path / "state.safetensors")
+    except (OSError, ValueError, json.JSONDecodeError) as error:
+        raise TrainingError(f"cannot read the checkpoint {path}: {error}") from error
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        raise TrainingError(f"the checkpoint {path} does not fit this run's model: {error}") from error
+    optimizer.load_state_dict(_optimizer_state(optimizer_tensors, state["optimizer"]))
+    if ema is not None:
+        shadow = [extra[f"ema.{i}"] for i in range(len(ema.shadow_params))]
+        ema.shadow_params = [s.to(p.device) for s, p in zip(shadow, ema.shadow_params, strict=True)]
+        ema.optimization_step = state["ema_optimization_step"]
+    if sampler is not None:
+        sampler.load_state_dict(
+            {k[len("sampler.") :]: v for k, v in extra.items() if k.startswith("sampler.")}
+        )
+    return int(state["step"])
+
+
+def _save_file(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    safetensors.torch.save_file(tensors, path)
+    _fsync(path)
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.write_text(text, encoding="utf-8")
+    _fsync(path)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    if hasattr(os, "O_DIRECTORY"):
+        fd = os.open(path, os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    _write_text(tmp, text)
+    os.replace(tmp, path)
+
+
+# ---- the loop ----------------------------------------------------------------------------------------
+
+
+def train(config: TrainingConfig) -> TrainResult:
+    """Run (or, with `resume=True`, continue) the training that `config` describes."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+
+    # Several processes without CUDA (torchrun or accelerate launch on CPUs): gloo, which
+    # accelerate picks only when told the run is on CPUs.
+    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    # accelerate keeps one process-wide state and refuses a second Accelerator with another
+    # precision: forget it (not the distributed setup) so that each run sets its own.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=multi_cpu)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    output = Path(config.output_dir)
+    data = load_dataset(
+        config.dataset,
+        "train",
+        num_samples=config.num_samples,
+        image_size=config.image_size,
+        seed=config.seed,
+    )
+    if len(data) < config.batch_size * world:
+        raise TrainingError(
+            f"the dataset {config.dataset!r} has {len(data)} examples, fewer than one batch "
+            f"(batch_size={config.batch_size} × {world} processes): lower batch_size or add data"
+        )
+    scheduler = build_scheduler(config, data)
+    with torch.random.fork_rng(devices=[]):  # the initial weights from the run's seed
+        torch.manual_seed(config.seed)
+        model = build_model(config, data)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    ema = None
+    if config.ema_decay > 0:
+        ema = EMAModel(
+            model.parameters(),
+            decay=config.ema_decay,
+            use_ema_warmup=True,
+            power=config.ema_power,
+            foreach=True,  # one kernel for all the weights rather than one each
+        )
+    sampler = (
+        LossSecondMomentSampler(config.num_train_timesteps)
+        if config.timestep_sampler == "importance"
+        else None
+    )
+
+    step = 0
+    existing = checkpoint_dirs(output)
+    if config.resume and existing:
+        step = load_checkpoint(existing[-1], model, optimizer, ema, sampler)
+        logger.info("resuming from %s (step %d)", existing[-1], step)
+    elif existing:
+        raise TrainingError(
+            f"{output} already holds checkpoints (newest {existing[-1].name}): pass resume=True "
+            f"(--resume) to continue that run, or choose another output_dir"
+        )
+    lr_scheduler = get_scheduler(
+        "constant_with_warmup" if config.lr_schedule == "constant" else config.lr_schedule,
+        optimizer,
+        num_warmup_steps=config.warmup_steps,
+        num_training_steps=config.max_steps,
+    )
+    with warnings.catch_warnings():  # replaying: no optimizer step is due before these
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+        for _ in range(step):  # the schedule is a function of the step: replay it
+            lr_scheduler.step()
+    model, optimizer = accelerator.prepare(model, optimizer)
+    device = accelerator.device
+    if ema is not None:
+        ema.to(device)
+    data = data.to(device)
+    decoder = "discretized" if data.dim() == 4 else "continuous"
+
+    if accelerator.is_main_process:
+        output.mkdir(parents=True, exist_ok=True)
+        _write_atomically(output / "training_config.json", json.dumps(dataclasses.asdict(config), indent=2))
+    metrics = _MetricsLog(output, config.tensorboard) if accelerator.is_main_process else None
+    bar = None
+    if config.progress and accelerator.is_main_process:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.max_steps, initial=step, desc="training", unit="step", dynamic_ncols=True)
+
+    model.train()
+    started, loss_value, push_error, pushed_step = time.perf_counter(), float("nan"), None, None
+    window_start, window_examples = time.perf_counter(), 0
+    global_batch = config.batch_size * world
+    per_step = global_batch * config.gradient_accumulation_steps
+    while step < config.max_steps:
+        total = torch.zeros((), device=device)
+        for micro in range(config.gradient_accumulation_steps):
+            index = step * config.gradient_accumulation_steps + micro  # the run's micro-batch number
+            # The global micro-batch (all processes) is drawn whole, from the run's example
+            # stream and a generator of (seed, micro-batch); each process takes its slice, so
+            # W processes with batch B compute what one process with batch W·B does.
+            mine = slice(rank * config.batch_size, (rank + 1) * config.batch_size)
+            positions = data_indices(len(data), config.seed, index * global_batch, global_batch)[mine]
+            x0 = data[positions.to(device)]  # (B, ...)
+            generator = _generator(config.seed, "batch", index, device=device)
+            weights = None
+            if sampler is not None:  # the sampler's probabilities live on the CPU
+                t, weights = sampler.sample(global_batch, _generator(config.seed, "t", index))
+                t, weights = t[mine].to(device), weights[mine].to(device)
+            else:
+                T = config.num_train_timesteps
+                t = torch.randint(0, T, (global_batch,), generator=generator, device=device)[mine]  # (B,)
+            noise = torch.randn((global_batch, *x0.shape[1:]), generator=generator, device=device)[mine]
+            last = micro == config.gradient_accumulation_steps - 1
+            with (
+                accelerator.no_sync(model) if not last else nullcontext(),
+                _dropout_seed(config.seed, index, rank),
+            ):
+                with accelerator.autocast():
+                    losses = training_losses(
+                        lambda x, s: model(x, s).sample,
+                        scheduler,
+                        x0,
+                        config.loss,
+                        t=t,
+                        noise=noise,
+                        decoder=decoder,
+                    )  # (B,)
+                loss = (losses * weights).mean() if weights is not None else losses.mean()
+                accelerator.backward(loss / config.gradient_accumulation_steps)
+            if sampler is not None:
+                all_t, all_losses = accelerator.gather((t, losses.detach().float()))
+                sampler.update(all_t.cpu(), all_losses.cpu())
+            total += loss.detach() / config.gradient_accumulation_steps
+        total = accelerator.reduce(total, "mean")
+        norm = torch.zeros((), device=device)  # the gradient's norm, when it is clipped
+        if config.max_grad_norm is not None:
+            norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        # The step's one host read: the loss and the norm, for the check below and the logs.
+        loss_value, grad_norm = torch.stack([total.float(), norm.to(device, torch.float32)]).tolist()
+        if not math.isfinite(loss_value):
+            optimizer.zero_grad(set_to_none=True)
+            last_good = checkpoint_dirs(output)
+            where = (
+                f"the last good checkpoint is {last_good[-1]}"
+                if last_good
+                else "no checkpoint was written yet"
+            )
+            raise TrainingError(
+                f"the loss is {loss_value} at step {step + 1}: stopping without applying it; {where}. "
+                f"Try a lower learning_rate or mixed_precision='no'"
+            )
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.step(accelerator.unwrap_model(model).parameters())
+        step += 1
+        window_examples += per_step
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
+        if metrics is not None and (step % max(config.log_every, 1) == 0 or step == config.max_steps):
+            now = time.perf_counter()
+            metrics.log(
+                step,
+                loss=loss_value,
+                lr=lr_scheduler.get_last_lr()[0],
+                grad_norm=grad_norm if config.max_grad_norm is not None else None,
+                examples_per_second=window_examples / max(now - window_start, 1e-9),
+                epoch=step * per_step / len(data),
+            )
+            window_start, window_examples = now, 0
+        if config.sample_every and step % config.sample_every == 0 and accelerator.is_main_process:
+            _save_samples(
+                output / "samples" / f"step-{step:08d}.png",
+                _pipeline(accelerator, model, ema, scheduler),
+                config,
+            )
+        if step == config.max_steps or (config.checkpoint_every and step % config.checkpoint_every == 0):
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                path = save_checkpoint(
+                    output, step, accelerator.unwrap_model(model), optimizer, ema, sampler, config
+                )
+                logger.info("saved %s", path)
+                if config.push_every_checkpoint:
+                    pipe = _pipeline(accelerator, model, ema, scheduler)
+                    seconds = time.perf_counter() - started
+                    push_error = _push(_save_pipeline(pipe, config, step, seconds, loss_value), config, step)
+                    pushed_step = step
+            accelerator.wait_for_everyone()
+    if bar is not None:
+        bar.close()
+
+    seconds = time.perf_counter() - started
+    pipeline_dir = output / "pipeline"
+    if accelerator.is_main_process:
+        _save_pipeline(_pipeline(accelerator, model, ema, scheduler), config, step, seconds, loss_value)
+        if config.push_to_hub and pushed_step != step:
+            push_error = _push(pipeline_dir, config, step)
+        metrics.close()
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return TrainResult(pipeline_dir, step, seconds, loss_value, push_error)
+
+
+@contextmanager
+def _dropout_seed(seed: int, index: int, rank: int) -> Iterator[None]:
+    """Inside: the global RNG (which dropout draws from) seeded by (seed, micro-batch,
+    rank). After: the caller's RNG state, as it was."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(_generator(seed, "dropout", index, rank).initial_seed() % 2**63)
+        yield
+
+
+def _pipeline(accelerator, model, ema, scheduler) -> DDPMPipeline:
+    """A CPU pipeline with a copy of the model holding the EMA weights (the trained ones
+    without an EMA)."""
+    import copy
+
+    net = copy.deepcopy(accelerator.unwrap_model(model)).to("cpu").eval()
+    if ema is not None:
+        ema.copy_to(net.parameters())
+    pipe = DDPMPipeline(unet=net, scheduler=schedulers.DDPMScheduler.from_config(scheduler.config))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _save_samples(path: Path, pipe: DDPMPipeline, config: TrainingConfig) -> None:
+    """A grid of 64 samples (images) or a picture of 2,000 points, with a fixed seed."""
+    from .images import image_grid, points_image
+
+    generator = torch.Generator().manual_seed(config.seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if makes_points(pipe.unet):
+        picture = points_image(
+            pipe(
+                batch_size=2000,
+                num_inference_steps=config.sample_steps,
+                generator=generator,
+                output_type="pt",
+            ).images
+        )
+    else:
+        picture = image_grid(
+            pipe(
+                batch_size=64, num_inference_steps=config.sample_steps, generator=generator, output_type="pt"
+            ).images
+        )
+    tmp = path.with_name(f".{path.name}.tmp")
+    picture.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def _save_pipeline(
+    pipe: DDPMPipeline, config: TrainingConfig, step: int, seconds: float, loss: float
+) -> Path:
+    """output_dir/pipeline: the pipeline and its model card (how it was trained)."""
+    folder = Path(config.output_dir) / "pipeline"
+    pipe.save_pretrained(folder)
+    _write_atomically(folder / "README.md", training_card(pipe, config, step, seconds, loss))
+    return folder
+
+
+def _push(folder: Path, config: TrainingConfig, step: int) -> str | None:
+    """Push the saved pipeline; on failure log why and how to retry, and return that."""
+    try:
+        hub.push_folder(folder, config.push_to_hub, commit_message=f"ddpm-pipelines: step {step}")
+    except Exception as error:  # the network, a token, the Hub: training keeps everything
+        message = (
+            f"pushing to {config.push_to_hub!r} failed ({type(error).__name__}: {error}); everything is "
+            f"kept in {config.output_dir}. Retry with: ddpm-pipelines push {folder} {config.push_to_hub}"
+        )
+        logger.error(message)
+        return message
+    logger.info("pushed step %d to %s", step, config.push_to_hub)
+    return None
+
+
+def training_card(pipe: DDPMPipeline, config: TrainingConfig, steps: int, seconds: float, loss: float) -> str:
+    """The pipeline's model card: the Hub card plus how it was trained."""
+    images = not makes_points(pipe.unet)
+    command = config.command or f"train(TrainingConfig(**{dataclasses.asdict(config)!r}))"
+    return hub.model_card(config.push_to_hub or str(config.output_dir), "DDPMPipeline", images=images) + (
+        f"\n## Training\n\n"
+        f"- data: `{config.dataset}`; model: `{config.model}` "
+        f"({sum(p.numel() for p in pipe.unet.parameters()):,} parameters); loss: `{config.loss}`, "
+        f"variance: `{config.resolved_variance_type}`, timesteps: `{config.timestep_sampler}`\n"
+        f"- {steps} steps of batch {config.batch_size}, {seconds / 60:.1f} minutes on "
+        f"{'a CUDA GPU' if torch.cuda.is_available() else 'the CPU'}; final loss {loss:.4f}\n\n"
+        f"```\n{command}\n```\n"
+    )
+
+
+class _MetricsLog:
+    """metrics.jsonl in the output folder (one JSON object per line), and TensorBoard's
+    event files in output/tensorboard when it is installed and asked for."""
+
+    def __init__(self, output: Path, tensorboard: bool):
+        self.file = open(output / "metrics.jsonl", "a", encoding="utf-8")
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                logger.info("TensorBoard is not installed: metrics go to metrics.jsonl only")
+            else:
+                self.writer = SummaryWriter(str(output / "tensorboard"))
+
+    def log(self, step: int, **values: float | None) -> None:
+        record = {"step": step, "time": time.time(), **{k: v for k, v in values.items() if v is not None}}
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.writer is not None:
+            for key, value in record.items():
+                if key not in ("step", "time"):
+                    self.writer.add_scalar(f"train/{key}", value, step)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.writer is not None:
+            self.writer.close()
