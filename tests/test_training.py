@@ -250,6 +250,23 @@ def test_push_at_the_end_uploads_the_pipeline_and_its_training_card(tmp_path, hu
     assert "## Training" in Path(hf_hub_download(f"{hub.user}/swiss-roll-run", "README.md")).read_text()
 
 
+def test_push_every_checkpoint(tmp_path, hub, monkeypatch):
+    pushes = []
+    real = training.hub.push_folder
+
+    def spy(folder, repo_id, **kwargs):
+        pushes.append(kwargs["commit_message"])
+        return real(folder, repo_id, **kwargs)
+
+    monkeypatch.setattr(training.hub, "push_folder", spy)
+    repo = f"{hub.user}/every-checkpoint"
+    config = _config(tmp_path, max_steps=4, checkpoint_every=2, push_to_hub=repo, push_every_checkpoint=True)
+    result = train(config)
+    assert pushes == ["ddpm-pipelines: step 2", "ddpm-pipelines: step 4"] and result.push_error is None
+    a, b = _weights(result.pipeline_dir), DDPMPipeline.from_pretrained(repo).unet.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_a_failed_push_keeps_everything_and_says_how_to_retry(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise ConnectionError("the Hub is unreachable")
