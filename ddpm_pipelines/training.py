@@ -89,7 +89,7 @@ class TrainingConfig:
     ema_power: float = _option(2 / 3, "EMA warm-up: decay = 1 − (1 + step)^−power, up to ema_decay")
     mixed_precision: str = _option("no", "no, fp16 or bf16 (CUDA)")
     seed: int = _option(0, "seeds the weights, the data order and every draw")
-    log_every: int = _option(50, "steps between lines of metrics.jsonl")
+    log_every: int = _option(50, "steps between lines of metrics.jsonl (0: only at the end)")
     sample_every: int = _option(0, "steps between sample grids (0: none)")
     sample_steps: int = _option(100, "inference steps of those samples")
     checkpoint_every: int = _option(500, "steps between checkpoints (0: only at the end)")
@@ -520,6 +520,9 @@ def train(config: TrainingConfig) -> TrainResult:
         loss_value, grad_norm = torch.stack([total.float(), norm.to(device, torch.float32)]).tolist()
         if not math.isfinite(loss_value):
             optimizer.zero_grad(set_to_none=True)
+            for stream in (metrics, bar):
+                if stream is not None:
+                    stream.close()
             last_good = checkpoint_dirs(output)
             where = (
                 f"the last good checkpoint is {last_good[-1]}"
@@ -540,7 +543,9 @@ def train(config: TrainingConfig) -> TrainResult:
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
-        if metrics is not None and (step % max(config.log_every, 1) == 0 or step == config.max_steps):
+        if metrics is not None and (
+            step == config.max_steps or (config.log_every and step % config.log_every == 0)
+        ):
             now = time.perf_counter()
             metrics.log(
                 step,
