@@ -150,7 +150,24 @@ def main() -> None:
         summary = {k: v for k, v in metrics.items() if not isinstance(v, list)}
         summary["bits_per_dim_by_loss"] = {loss: m["nll_bits_per_dim"] for loss, (_, m) in results.items()}
         (target / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        ship_card(target / "README.md", args.name, str(folder.parent), summary["bits_per_dim_by_loss"])
         print(f"shipped L_{best} in {target}")
+
+
+def ship_card(card: Path, name: str, run_dir: str, bits_per_dim_by_loss: dict[str, float]) -> None:
+    """The shipped copy's card: loaded by name, and, where two losses were trained, both."""
+    text = card.read_text(encoding="utf-8").replace(f"# {run_dir}\n", f"# ddpm-pipelines: {name}\n")
+    text = text.replace(
+        f'from ddpm_pipelines import DDPMPipeline\n\npipe = DDPMPipeline.from_pretrained("{run_dir}")',
+        f'from ddpm_pipelines import load_pretrained\n\npipe = load_pretrained("{name}")  # offline',
+    )
+    if len(bits_per_dim_by_loss) > 1:
+        rows = "".join(f"| L_{loss} | {bpd:.3f} |\n" for loss, bpd in bits_per_dim_by_loss.items())
+        text += (
+            "\nBoth losses, trained with the same budget and evaluated on the same held-out data "
+            "(the lower one ships):\n\n| loss | bits/dim |\n|---|---|\n" + rows
+        )
+    card.write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":
