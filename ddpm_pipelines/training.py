@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -447,7 +448,7 @@ def train(config: TrainingConfig) -> TrainResult:
         num_training_steps=config.max_steps,
     )
     with warnings.catch_warnings():  # replaying: no optimizer step is due before these
-        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+        warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
         for _ in range(step):  # the schedule is a function of the step: replay it
             lr_scheduler.step()
     model, optimizer = accelerator.prepare(model, optimizer)

@@ -28,12 +28,15 @@ def test_shipped_folders_are_small_and_documented(name):
 
 
 def test_swiss_roll_samples_are_as_close_to_held_out_data_as_real_data(monkeypatch):
+    """The issue's measure: 5,000 samples against the held-out points, beside the floor of
+    5,000 real training points against them (with 2,000 against 2,000 the ratio swings
+    from 0.5 to 2.2 between seeds; at these sizes it stays within 0.33–0.38)."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     pipe = load_pretrained("swiss-roll")
     pipe.set_progress_bar_config(disable=True)
-    points = pipe(batch_size=2000, generator=torch.Generator().manual_seed(0), output_type="pt").images
-    test = load_dataset("swiss-roll", "test", num_samples=2000)
-    floor = energy_distance(load_dataset("swiss-roll", "train", num_samples=2000), test)
+    points = pipe(batch_size=5000, generator=torch.Generator().manual_seed(0), output_type="pt").images
+    test = load_dataset("swiss-roll", "test")
+    floor = energy_distance(load_dataset("swiss-roll", "train", num_samples=5000), test)
     assert energy_distance(points, test) < 1.5 * floor
 
 
