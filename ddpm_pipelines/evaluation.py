@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 from schedulers import DiffusionScheduler
 from schedulers.base import check_choice
 
+from . import hub
 from .losses import DECODERS, Decoder, ModelFn, bits_per_dim, vlb_terms
 from .pipeline import DDPMPipeline, _check_count, makes_points
 
@@ -354,7 +354,7 @@ def nll(
 def plot_vlb_terms(results: dict[str, NLLResult], path: str | os.PathLike) -> Path:
     """Plot each result's per-timestep term L_t (bits/dim) against t on a log y-axis, one line
     per label, as iDDPM Fig. 2, and save it as a PNG at `path`, atomically (written in a
-    temporary folder beside it, then moved into place with os.replace). Terms ≤ 0 (a
+    temporary file beside it, then moved into place with os.replace). Terms ≤ 0 (a
     continuous decoder's L_0 can be) cannot be drawn on a log axis and are left out.
     Returns the path."""
     if not results:
@@ -383,13 +383,7 @@ def plot_vlb_terms(results: dict[str, NLLResult], path: str | os.PathLike) -> Pa
     ax.legend()
     fig.tight_layout()
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.saving-") as tmp:
-        written = Path(tmp) / path.name
-        fig.savefig(written, format="png")
-        os.replace(written, path)  # same folder, same file system: atomic
-    return path
+    return hub.write_file_atomically(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def plot_vlb_terms_from_metrics(

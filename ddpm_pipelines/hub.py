@@ -153,12 +153,36 @@ def save_atomically(write: Callable[[Path], None], directory: str | os.PathLike)
         write(Path(tmp))
         files = sorted(p for p in Path(tmp).rglob("*") if p.is_file())
         for src in files:  # on disk before any rename, so that a power cut cannot tear them
-            with open(src, "rb+") as f:
-                os.fsync(f.fileno())
+            fsync_file(src)
         for src in files:
             dst = directory / src.relative_to(tmp)
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.replace(src, dst)
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    """Make a written file's bytes durable (before it is renamed into place)."""
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def write_file_atomically(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Let `write` fill a temporary file beside `path`, make it durable, then move it into
+    place with `os.replace`: whatever interrupts it, `path` holds the old file or the new
+    one, never a torn write. Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        fsync_file(tmp)
+        os.replace(tmp, path)  # same folder, same file system: atomic
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def model_card(repo_id: str, class_name: str, *, images: bool) -> str:

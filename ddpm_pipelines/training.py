@@ -350,17 +350,12 @@ def load_checkpoint(path: Path, model, optimizer, ema, sampler) -> int:
 
 def _save_file(tensors: dict[str, torch.Tensor], path: Path) -> None:
     safetensors.torch.save_file(tensors, path)
-    _fsync(path)
+    hub.fsync_file(path)
 
 
 def _write_text(path: Path, text: str) -> None:
     path.write_text(text, encoding="utf-8")
-    _fsync(path)
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
+    hub.fsync_file(path)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -373,9 +368,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    _write_text(tmp, text)
-    os.replace(tmp, path)
+    hub.write_file_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 # ---- the loop ----------------------------------------------------------------------------------------
@@ -619,25 +612,15 @@ def _save_samples(path: Path, pipe: DDPMPipeline, config: TrainingConfig) -> Non
     from .images import image_grid, points_image
 
     generator = torch.Generator().manual_seed(config.seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if makes_points(pipe.unet):
-        picture = points_image(
-            pipe(
-                batch_size=2000,
-                num_inference_steps=config.sample_steps,
-                generator=generator,
-                output_type="pt",
-            ).images
-        )
-    else:
-        picture = image_grid(
-            pipe(
-                batch_size=64, num_inference_steps=config.sample_steps, generator=generator, output_type="pt"
-            ).images
-        )
-    tmp = path.with_name(f".{path.name}.tmp")
-    picture.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    points = makes_points(pipe.unet)
+    out = pipe(
+        batch_size=2000 if points else 64,
+        num_inference_steps=config.sample_steps,
+        generator=generator,
+        output_type="pt",
+    )
+    picture = points_image(out.images) if points else image_grid(out.images)
+    hub.write_file_atomically(path, lambda tmp: picture.save(tmp, format="PNG"))
 
 
 def _save_pipeline(

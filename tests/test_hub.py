@@ -171,3 +171,18 @@ def test_push_card_and_index_for_points(repo_id):
     assert "points = pipe(batch_size=1000).images" in card.text and card.data.pipeline_tag is None
     index = json.loads(Path(HfApi().hf_hub_download(repo_id, "model_index.json")).read_text())
     assert index["unet"] == ["ddpm_pipelines", "MLPModel"]
+
+
+def test_write_file_atomically_keeps_the_old_file_when_the_write_fails(tmp_path):
+    from ddpm_pipelines.hub import write_file_atomically
+
+    path = tmp_path / "card.md"
+    write_file_atomically(path, lambda tmp: tmp.write_text("old"))
+
+    def torn(tmp):
+        tmp.write_text("half of the new")
+        raise OSError("No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        write_file_atomically(path, torn)
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["card.md"]
