@@ -10,15 +10,18 @@ Cases:
 
   --device cpu (default)
     unet: UNetModel.from_preset("small-32") (1.1M parameters), 16 images 32×32, 50 steps:
-        our DDPMPipeline vs diffusers' DDPMPipeline with the SAME unet, both with their
-        own DDPMScheduler().
+        our DDPMPipeline, eager and with the model compiled (torch.compile), vs diffusers'
+        DDPMPipeline with the SAME unet (eager, its default), each with its own
+        DDPMScheduler().
     mlp: MLPModel() (default size), 10,000 2-D points, 1000 steps: our pipeline, eager and
         with the model compiled (torch.compile), and a prototype that compiles the model
         and the step's arithmetic as one function (see `FusedSampler`), vs a plain loop
         driving the same MLP with diffusers' DDPMScheduler. Also timed alone, per step: the
         MLP's forward (eager and compiled), its six 10,000×128×128 matmuls and seven SiLUs
-        (which any float32 forward must do: together, a floor under it), and each
-        package's `step`, each with its share of the diffusers loop's step.
+        (which any float32 forward must do: together, a floor under it), on the whole
+        batch and on blocks of BLOCK_ROWS rows that stay in cache (the floor of a fused,
+        cache-blocked forward), and each package's `step`, each with its share of the
+        diffusers loop's step.
   --device cuda
     unet: the "ddpm-cifar10-32" preset (35.7M parameters), 256 images, 1000 steps: ours in
         float32 and in bfloat16 (`pipe.to("cuda", torch.bfloat16)`, on a copy of the
@@ -32,8 +35,9 @@ Cases:
 
 --steps-unet and --steps-mlp shorten the runs (e.g. `--steps-unet 2 --steps-mlp 5
 --rounds 1 --no-compile` takes ~15 s). --steps-unet is the UNet case's steps on either
-device (default 50 on CPU, 1000 on CUDA). A default CPU run takes 7–8 minutes on 2 cores
-(each MLP run 25–40 s, each UNet run ~6 s, the two compiles ~14 s and ~7 s); compile
+device (default 50 on CPU, 1000 on CUDA). A default CPU run takes about 9 minutes on 2
+cores (each MLP run 25–45 s, each UNet run ~6 s; compiling the UNet takes 50–75 s, each
+MLP compile 8–12 s); compile
 times are measured cold (inductor's caches are off in this script) and reported apart
 from the steady-state times, which are taken after a warm-up run of every variant.
 
@@ -73,6 +77,7 @@ SEED = 0
 CPU_TOLERANCE, CUDA_TOLERANCE = 1e-3, 1e-2
 COMPONENT_STEPS = 50  # timesteps over which the per-step components are timed, each round
 MATMULS, SILUS = "its 6 hidden matmuls alone", "its 7 SiLUs alone"
+BLOCK_ROWS = 1000  # rows of a cache-sized block: 1000×128 float32 activations are 0.5 MB
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -209,26 +214,31 @@ def per_step_forward(model, x: torch.Tensor, timesteps: torch.Tensor) -> float:
         return (time.perf_counter() - start) / len(timesteps)
 
 
-def per_step_matmuls(model: MLPModel, x: torch.Tensor, n: int) -> float:
-    """Seconds for the MLP's hidden-layer matmuls alone (two per block, with bias), on a
-    (B, hidden) input: with the SiLUs, the floor under any float32 forward of this model."""
-    h = torch.randn(x.shape[0], model.config.hidden_features)
+def per_step_matmuls(model: MLPModel, x: torch.Tensor, n: int, rows: int | None = None) -> float:
+    """Seconds for the MLP's hidden-layer matmuls alone (two per block, with bias) on a
+    (B, hidden) input: with the SiLUs, the floor under any float32 forward of this model.
+    With `rows`, they run on one block of that many rows, which stays in cache, and the
+    time is scaled to B rows: the floor of a forward that works block by block."""
+    blocks = x.shape[0] / rows if rows else 1
+    h = torch.randn(rows or x.shape[0], model.config.hidden_features)
     layers = [layer for block in model.blocks for layer in (block.fc1, block.fc2)]
     with torch.no_grad():
         start = time.perf_counter()
-        for _ in range(n):
+        for _ in range(round(n * blocks)):
             for layer in layers:
                 torch.addmm(layer.bias, h, layer.weight.t())
         return (time.perf_counter() - start) / n
 
 
-def per_step_silus(model: MLPModel, x: torch.Tensor, n: int) -> float:
+def per_step_silus(model: MLPModel, x: torch.Tensor, n: int, rows: int | None = None) -> float:
     """Seconds for the MLP's SiLUs on (B, hidden) activations alone (two per block and one
-    before proj_out): exp-bound on a CPU, the other floor under any float32 forward."""
-    h = torch.randn(x.shape[0], model.config.hidden_features)
+    before proj_out): exp-bound on a CPU, the other floor under any float32 forward. `rows`
+    as in `per_step_matmuls`."""
+    blocks = x.shape[0] / rows if rows else 1
+    h = torch.randn(rows or x.shape[0], model.config.hidden_features)
     count = 2 * len(model.blocks) + 1
     start = time.perf_counter()
-    for _ in range(n):
+    for _ in range(round(n * blocks)):
         for _ in range(count):
             F.silu(h)
     return (time.perf_counter() - start) / n
@@ -251,20 +261,26 @@ def per_step_scheduler(scheduler, x: torch.Tensor, n: int) -> float:
 # ---- the cases -------------------------------------------------------------------------------------
 
 
-def cpu_unet_case(steps: int) -> dict:
+def cpu_unet_case(steps: int, compile_mode: str | None) -> dict:
     unet = UNetModel.from_preset("small-32").eval()
     ours = _quiet(DDPMPipeline(unet, schedulers.DDPMScheduler()))
     theirs = _quiet(diffusers.DDPMPipeline(unet, diffusers.DDPMScheduler()))
     cpu = torch.device("cpu")
+    variants = {
+        "diffusers DDPMPipeline": pipeline_run(theirs, 16, cpu),
+        "ours, eager": pipeline_run(ours, 16, cpu),
+    }
+    compiled = ()
+    if compile_mode:
+        ours_compiled = _quiet(DDPMPipeline(_compiled(unet, compile_mode), schedulers.DDPMScheduler()))
+        variants["ours, model compiled"] = pipeline_run(ours_compiled, 16, cpu)
+        compiled = ("ours, model compiled",)
     return dict(
         name="unet small-32, 16×3×32×32",
         steps=steps,
         baseline="diffusers DDPMPipeline",
-        variants={
-            "diffusers DDPMPipeline": pipeline_run(theirs, 16, cpu),
-            "ours, eager": pipeline_run(ours, 16, cpu),
-        },
-        compiled=(),
+        variants=variants,
+        compiled=compiled,
         loose=(),
         tolerance=CPU_TOLERANCE,
     )
@@ -410,20 +426,30 @@ def mlp_components(case: dict, n: int) -> dict[str, float]:
         parts["MLP forward, compiled"] = per_step_forward(compiled, x, timesteps)
     parts[MATMULS] = per_step_matmuls(mlp, x, n)
     parts[SILUS] = per_step_silus(mlp, x, n)
+    parts[f"{MATMULS}, in blocks of {BLOCK_ROWS} rows"] = per_step_matmuls(mlp, x, n, BLOCK_ROWS)
+    parts[f"{SILUS}, in blocks of {BLOCK_ROWS} rows"] = per_step_silus(mlp, x, n, BLOCK_ROWS)
     parts["diffusers DDPMScheduler.step"] = per_step_scheduler(diffusers.DDPMScheduler(), x, n)
     parts["our DDPMScheduler.step"] = per_step_scheduler(schedulers.DDPMScheduler(), x, n)
     return parts
 
 
 def mlp_ceiling(rows: list[dict], component_rows: list[dict]) -> dict | None:
-    """The MLP case's floor (its matmuls and SiLUs, which every float32 forward must do)
-    and the largest diffusers/ours ratio it leaves: the loop's time over the floor."""
+    """The MLP case's floors (its matmuls and SiLUs, which every float32 forward must do),
+    on the whole batch and in cache-sized blocks, and the largest diffusers/ours ratio each
+    leaves: the loop's time over the floor."""
     parts = {r["component"]: r["ms_per_step"] for r in component_rows}
     if MATMULS not in parts or SILUS not in parts:
         return None
     loop_ms = next(r["ms_per_step"] for r in rows if r["variant"] == "diffusers loop")
     floor = parts[MATMULS] + parts[SILUS]
-    return dict(floor_ms=floor, max_ratio=loop_ms / floor)
+    suffix = f", in blocks of {BLOCK_ROWS} rows"
+    blocked = parts[MATMULS + suffix] + parts[SILUS + suffix]
+    return dict(
+        floor_ms=floor,
+        max_ratio=loop_ms / floor,
+        blocked_floor_ms=blocked,
+        blocked_max_ratio=loop_ms / blocked,
+    )
 
 
 def cpu_busy(seconds: float = 1.0) -> float | None:
@@ -525,7 +551,7 @@ def main() -> None:
     if device.type == "cuda":
         cases = [gpu_unet_case(steps_unet, compile_mode)]
     else:
-        cases = [cpu_unet_case(steps_unet), cpu_mlp_case(args.steps_mlp, compile_mode)]
+        cases = [cpu_unet_case(steps_unet, compile_mode), cpu_mlp_case(args.steps_mlp, compile_mode)]
     rows, compile_rows, component_rows = [], [], []
     for case in cases:
         _log(f"{case['name']}, {case['steps']} steps:")
@@ -555,9 +581,12 @@ def main() -> None:
     ceiling = mlp_ceiling(rows, component_rows)
     if ceiling:
         print(
-            f"floor under any float32 forward of the MLP: its matmuls + SiLUs = "
-            f"{ceiling['floor_ms']:.2f} ms/step, so no implementation of this model beats the "
-            f"diffusers loop by more than ≈{ceiling['max_ratio']:.2f}× here (as noisy as the times above)"
+            f"floor under a float32 forward of the MLP, its matmuls + SiLUs: {ceiling['floor_ms']:.2f} "
+            f"ms/step on the whole batch, so a forward made of whole-batch kernels (eager or "
+            f"compiled) beats the diffusers loop by at most ≈{ceiling['max_ratio']:.2f}× here; "
+            f"{ceiling['blocked_floor_ms']:.2f} ms/step in blocks of {BLOCK_ROWS} rows, so a fused "
+            f"forward that keeps each block in cache could reach ≈{ceiling['blocked_max_ratio']:.2f}× "
+            f"(as noisy as the times above)"
         )
     dynamo = _dynamo_counts(len(compile_rows)) if compile_mode else None
     if compile_rows:

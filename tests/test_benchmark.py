@@ -51,6 +51,9 @@ def test_sampling_benchmark_runs(tmp_path):
     parts = {r["component"]: r["ms_per_step"] for r in results["components"]}
     assert "MLP forward, eager" in parts and "diffusers DDPMScheduler.step" in parts
     assert all(ms > 0 for ms in parts.values())
+    assert "its 6 hidden matmuls alone, in blocks of 1000 rows" in parts
+    ceiling = results["ceiling"]
+    assert ceiling["max_ratio"] > 0 and ceiling["blocked_max_ratio"] > 0 and "in cache" in result.stdout
     assert results["compile"] == [] and results["meta"]["compile_mode"] is None
 
 

@@ -3,6 +3,7 @@ from the same generator, schedulers from either package, and every error."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import diffusers
@@ -246,6 +247,28 @@ def test_half_precision_model_keeps_the_scheduler_in_float32(unet):
         callback=lambda i, t, x, x0: dtypes.append(x.dtype),
     )
     assert set(dtypes) == {torch.float32} and torch.isfinite(out.images).all()
+
+
+# ---- torch.compile ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["points", pytest.param("images", marks=pytest.mark.slow)])
+def test_a_compiled_model_samples_the_same_in_one_graph(unet, kind):
+    """`pipe.unet.compile()`, the README's speed-up: the whole model is one graph (fullgraph:
+    a graph break is an error) that the loop reuses at every step (a recompile is an error),
+    and the samples are the eager ones."""
+    torch.manual_seed(0)
+    points = kind == "points"
+    model = MLPModel(hidden_features=32, num_blocks=1) if points else UNetModel.from_config(unet.config)
+    eager = _quiet(DDPMPipeline(model.eval(), DDPMScheduler()))
+    expected = eager(batch_size=3, num_inference_steps=6, generator=_gen(), output_type="pt").images
+    compiled = copy.deepcopy(model)
+    compiled.compile(fullgraph=True)
+    pipe = _quiet(DDPMPipeline(compiled, DDPMScheduler()))
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        out = pipe(batch_size=3, num_inference_steps=6, generator=_gen(), output_type="pt").images
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
 
 
 # ---- schedulers from either package ----------------------------------------------------------
