@@ -37,9 +37,9 @@ Cases:
 --rounds 1 --no-compile` takes ~15 s). --steps-unet is the UNet case's steps on either
 device (default 50 on CPU, 1000 on CUDA). A default CPU run takes about 9 minutes on 2
 cores (each MLP run 25–45 s, each UNet run ~6 s; compiling the UNet takes 50–75 s, each
-MLP compile 8–12 s); compile
-times are measured cold (inductor's caches are off in this script) and reported apart
-from the steady-state times, which are taken after a warm-up run of every variant.
+MLP compile 8–12 s); compile times are measured cold (inductor's caches are off in this
+script) and reported apart from the steady-state times, which are taken after a warm-up
+run of every variant.
 
 It prints Markdown tables, writes the figures as JSON (--out, default
 benchmarks/results/sampling_<device>.json) and, where matplotlib is installed (the [demo]
