@@ -6,8 +6,9 @@ otherwise. `bits_per_dim` turns nats into bits per dimension.
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -89,9 +90,11 @@ def bits_per_dim(nats: torch.Tensor, num_dims: int) -> torch.Tensor:
     return nats / (num_dims * math.log(2.0))
 
 
-def prior_kl(scheduler: DiffusionScheduler, x0: torch.Tensor) -> torch.Tensor:
-    """L_T = KL(q(x_T | x_0) ‖ N(0, I)) per example, nats (MATH.md §5)."""
-    t = scheduler.config.num_train_timesteps - 1
+def prior_kl(scheduler: DiffusionScheduler, x0: torch.Tensor, t: int | None = None) -> torch.Tensor:
+    """L_T = KL(q(x_T | x_0) ‖ N(0, I)) per example, nats (MATH.md §5); `t`: the chain's first
+    train timestep, by default T − 1."""
+    if t is None:
+        t = scheduler.config.num_train_timesteps - 1
     mean, _, log_variance = scheduler.q_mean_variance(x0, t)
     return _sum_dims(normal_kl(mean, log_variance, torch.zeros_like(mean), torch.zeros_like(mean)))
 
@@ -103,13 +106,21 @@ def vlb_term(
     x_t: torch.Tensor,
     t: torch.Tensor,
     decoder: Decoder = "discretized",
+    *,
+    clip: bool | None = None,
+    respaced: bool = False,
 ) -> torch.Tensor:
     """The variational-bound term at train timesteps t (B,), per example, nats (MATH.md §5):
     L_t = KL(q(x_{t−1} | x_t, x_0) ‖ p_θ(x_{t−1} | x_t)) where t > 0 and the decoder's
-    L_0 = −log p_θ(x_0 | x_1) where t = 0."""
+    L_0 = −log p_θ(x_0 | x_1) where t = 0.
+
+    clip: whether x̂_0 is clipped in p_θ; None follows the scheduler's clip_sample.
+    respaced: over the chain set by the scheduler's `set_timesteps` (MATH.md §4): x_{t−1}
+        stands for x at the chain's next timestep, and the decoder is at its last one.
+    """
     check_choice("decoder", decoder, DECODERS)
-    true_mean, _, true_log_variance = scheduler.q_posterior(x0, x_t, t)
-    mean, _, log_variance, _ = scheduler.p_mean_variance(model_output, x_t, t)
+    true_mean, _, true_log_variance = scheduler.q_posterior(x0, x_t, t, respaced=respaced)
+    mean, _, log_variance, _ = scheduler.p_mean_variance(model_output, x_t, t, clip=clip, respaced=respaced)
     kl = _sum_dims(normal_kl(true_mean, true_log_variance, mean, log_variance))
     log_likelihood = (
         discretized_gaussian_log_likelihood
@@ -117,21 +128,24 @@ def vlb_term(
         else continuous_gaussian_log_likelihood
     )
     nll = -_sum_dims(log_likelihood(x0, mean, 0.5 * log_variance))
-    return torch.where(t == 0, nll, kl)
+    last = int(scheduler.timesteps[-1]) if respaced else 0
+    return torch.where(t == last, nll, kl)
 
 
 @dataclass
 class VLBTerms:
     """The variational bound of a batch, per example, in nats summed over dimensions.
 
-    prior: (B,) L_T. terms: (B, T) with terms[:, t] = L_t at train timestep t: column 0 is
-    the decoder's L_0, column t ≥ 1 is KL(q(x_{t−1} | x_t, x_0) ‖ p_θ(x_{t−1} | x_t)).
-    total: (B,) L_T + Σ_t L_t, an upper bound on −log p_θ(x_0).
+    prior: (B,) L_T. terms: (B, K) with terms[:, j] the term at train timestep timesteps[j]:
+    column 0 is the decoder's L_0, the others KL(q(x_prev | x_t, x_0) ‖ p_θ(x_prev | x_t)).
+    total: (B,) L_T + Σ_t L_t, an upper bound on −log p_θ(x_0). timesteps: (K,) the chain's
+    train timesteps, ascending; for the full chain K = T and timesteps[j] = j.
     """
 
     prior: torch.Tensor
     terms: torch.Tensor
     total: torch.Tensor
+    timesteps: torch.Tensor
 
 
 @torch.no_grad()
@@ -142,25 +156,40 @@ def vlb_terms(
     decoder: Decoder = "discretized",
     generator: torch.Generator | None = None,
     progress: bool = False,
+    timesteps: Sequence[int] | None = None,
 ) -> VLBTerms:
     """Every term of L_vlb = L_T + Σ_{t≥1} L_{t−1} (MATH.md §5) over all T train timesteps,
     each from one draw of x_t ~ q(x_t | x_0). `model_fn(x_t, t)` returns the model output
     for x_t at timesteps t (B,). "discretized" suits 8-bit data in [−1, 1], "continuous"
-    real-valued data."""
+    real-valued data.
+
+    timesteps: a descending chain of train timesteps: the bound of that K-step chain
+        (MATH.md §5), whose reverse process `set_timesteps(timesteps=...)` samples; the prior
+        term is at its first timestep and the decoder at its last. None: all T.
+    """
     check_choice("decoder", decoder, DECODERS)
-    T, B = scheduler.config.num_train_timesteps, x0.shape[0]
-    terms = torch.empty(B, T, dtype=x0.dtype, device=x0.device)
-    steps = range(T - 1, -1, -1)
+    respaced = timesteps is not None
+    if respaced:  # a copy: the caller's scheduler keeps its own chain
+        scheduler = copy.deepcopy(scheduler)
+        scheduler.set_timesteps(timesteps=timesteps)
+        chain = scheduler.timesteps.tolist()
+    else:
+        chain = list(range(scheduler.config.num_train_timesteps - 1, -1, -1))
+    B, K = x0.shape[0], len(chain)
+    terms = torch.empty(B, K, dtype=x0.dtype, device=x0.device)
+    steps = enumerate(chain)
     if progress:
         from tqdm.auto import tqdm
 
-        steps = tqdm(steps, desc="L_vlb terms")
-    for t in steps:
+        steps = tqdm(steps, desc="L_vlb terms", total=K)
+    for i, t in steps:
         t_batch = torch.full((B,), t, dtype=torch.long, device=x0.device)
         x_t = scheduler.add_noise(x0, noise_like(x0, generator), t_batch)
-        terms[:, t] = vlb_term(scheduler, model_fn(x_t, t_batch), x0, x_t, t_batch, decoder)
-    prior = prior_kl(scheduler, x0)
-    return VLBTerms(prior=prior, terms=terms, total=prior + terms.sum(dim=1))
+        output = model_fn(x_t, t_batch)
+        terms[:, K - 1 - i] = vlb_term(scheduler, output, x0, x_t, t_batch, decoder, respaced=respaced)
+    prior = prior_kl(scheduler, x0, chain[0])
+    ascending = torch.tensor(chain[::-1], dtype=torch.long)
+    return VLBTerms(prior=prior, terms=terms, total=prior + terms.sum(dim=1), timesteps=ascending)
 
 
 def training_losses(
@@ -181,6 +210,10 @@ def training_losses(
     - "vlb": T · L_t in bits per dimension, an unbiased estimate of L_vlb − L_T.
     - "hybrid": L_simple + λ · T · L_t, λ = 0.001, with the mean detached in the L_t term
       so that it trains only the variance (iDDPM §3.1, as iDDPM's code scales it).
+
+    x̂_0 is never clipped in L_t, whatever the scheduler's clip_sample (improved-diffusion
+    trains with clip_denoised=False): clipping would change the term and give the clipped
+    elements no gradient.
     """
     check_choice("loss_type", loss_type, LOSS_TYPES)
     T, B = scheduler.config.num_train_timesteps, x0.shape[0]
@@ -193,8 +226,8 @@ def training_losses(
     model_output = model_fn(x_t, t)
     prediction, variance_output = scheduler.split_model_output(model_output, x_t)
 
-    def vlb_bits(output: torch.Tensor) -> torch.Tensor:
-        return bits_per_dim(T * vlb_term(scheduler, output, x0, x_t, t, decoder), x0[0].numel())
+    def vlb_bits(output: torch.Tensor) -> torch.Tensor:  # never clipped in training (MATH.md §5)
+        return bits_per_dim(T * vlb_term(scheduler, output, x0, x_t, t, decoder, clip=False), x0[0].numel())
 
     if loss_type == "vlb":
         return vlb_bits(model_output)

@@ -23,6 +23,7 @@ from .io import atomic_write_text
 from .tables import (
     BETA_SCHEDULES,
     Coefficients,
+    analytic_variance,
     chain_table,
     log_alphas_cumprod,
     make_betas,
@@ -31,7 +32,7 @@ from .tables import (
 logger = logging.getLogger(__name__)
 
 VarianceType = Literal[
-    "fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range"
+    "fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range", "analytic"
 ]
 PredictionType = Literal["epsilon", "sample", "v_prediction", "posterior_mean"]
 TimestepSpacing = Literal["leading", "trailing", "linspace"]
@@ -89,6 +90,7 @@ class DiffusionScheduler(SchedulerMixin, ConfigMixin):
         clip_sample_range: float,
         timestep_spacing: str,
         steps_offset: int,
+        analytic_gamma: Sequence[float] | np.ndarray | torch.Tensor | None,
     ) -> None:
         """Validate the options and build the float64 tables (MATH.md §1–2)."""
         check_choice("variance_type", variance_type, VARIANCE_TYPES)
@@ -124,14 +126,41 @@ class DiffusionScheduler(SchedulerMixin, ConfigMixin):
             if beta_schedule == "cosine":  # saved under diffusers' name, so diffusers reads it
                 self.register_to_config(beta_schedule="squaredcos_cap_v2")
 
+        self._gamma = self._check_gamma(analytic_gamma, num_train_timesteps, variance_type)  # (T,) or None
+
         # §1, float64: β_t, α_t = 1 − β_t, ᾱ_t = ∏_{s≤t} α_s.
         self._log_alpha_bar = log_alphas_cumprod(betas)  # (T,)
         self.betas = betas
         self.alphas = 1.0 - betas
         self.alphas_cumprod = self._log_alpha_bar.exp()
-        self._train_table = chain_table(self._log_alpha_bar, torch.arange(num_train_timesteps - 1, -1, -1))
+        self._train_table = chain_table(
+            self._log_alpha_bar, torch.arange(num_train_timesteps - 1, -1, -1), gamma=self._gamma
+        )
         self._cast_cache: dict[tuple[str, torch.device, torch.dtype], tuple] = {}
         self._reset_timesteps(torch.arange(num_train_timesteps - 1, -1, -1), None, None)
+
+    @staticmethod
+    def _check_gamma(gamma: Any, num_train_timesteps: int, variance_type: str) -> torch.Tensor | None:
+        """Analytic-DPM's Γ (MATH.md §8) as a float64 (T,) tensor; required by "analytic"."""
+        if gamma is None:
+            if variance_type == "analytic":
+                raise ValueError(
+                    "variance_type='analytic' needs analytic_gamma, Γ_t = E‖ε_θ(x_t, t)‖²/d at each of "
+                    "the num_train_timesteps train timesteps: estimate it with "
+                    "ddpm_pipelines.analytic.estimate_gamma"
+                )
+            return None
+        gamma = torch.as_tensor(np.asarray(gamma, dtype=np.float64))
+        if gamma.shape != (num_train_timesteps,):
+            raise ValueError(
+                f"analytic_gamma has shape {tuple(gamma.shape)}; it must hold one value per train "
+                f"timestep, shape ({num_train_timesteps},)"
+            )
+        bad = ~(torch.isfinite(gamma) & (gamma >= 0))
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0])
+            raise ValueError(f"analytic_gamma[{i}]={gamma[i].item()!r} must be finite and ≥ 0")
+        return gamma
 
     # ---- timesteps ---------------------------------------------------------------------
 
@@ -149,7 +178,7 @@ class DiffusionScheduler(SchedulerMixin, ConfigMixin):
         self._chain = chain  # CPU, for the per-step checks
         self._chain_set = frozenset(chain.tolist())  # for the per-step check of an int
         self._last_timestep = int(chain[-1])
-        self._sample_table = chain_table(self._log_alpha_bar, chain, self._final_alpha_bar())
+        self._sample_table = chain_table(self._log_alpha_bar, chain, self._final_alpha_bar(), self._gamma)
         self._cast_cache = {k: v for k, v in self._cast_cache.items() if k[0] != "sample"}
 
     def set_timesteps(
@@ -260,10 +289,15 @@ class DiffusionScheduler(SchedulerMixin, ConfigMixin):
         self, model_output: torch.Tensor, sample: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(prediction, variance output or None): a learned variance doubles dim 1 of the
-        model output. Raises ValueError for any other shape."""
+        model output. With variance_type="analytic" a model trained with a learned variance
+        serves too: its variance channels are set aside, since the analytic variance replaces
+        them. Raises ValueError for any other shape."""
         learned = self.config.variance_type in LEARNED_VARIANCES
         if not learned and model_output.shape == sample.shape:
             return model_output, None
+        doubled = [*sample.shape[:1], 2 * sample.shape[1], *sample.shape[2:]] if sample.dim() >= 2 else None
+        if self.config.variance_type == "analytic" and list(model_output.shape) == doubled:
+            return model_output.chunk(2, dim=1)[0], None
         if learned and sample.dim() < 2:
             raise ValueError(
                 f"variance_type={self.config.variance_type!r} needs a sample with a channel "
@@ -306,11 +340,13 @@ class DiffusionScheduler(SchedulerMixin, ConfigMixin):
     # ---- MATH.md §2: the posterior ---------------------------------------------------------
 
     def q_posterior(
-        self, x0: torch.Tensor, x_t: torch.Tensor, t: Any
+        self, x0: torch.Tensor, x_t: torch.Tensor, t: Any, *, respaced: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q(x_{t−1} | x_t, x_0) = N(μ̃_t, β̃_t I) (MATH.md §2) over the full T-step chain
-        → (mean, variance, log_variance); the log variance at t = 0 is log β̃ of t = 1."""
-        c = self._coefficients("train", t, x_t)
+        → (mean, variance, log_variance); the log variance at t = 0 is log β̃ of t = 1.
+        With `respaced`, over the chain set by `set_timesteps` (MATH.md §4): x_{t−1} stands
+        for x at the chain's next timestep."""
+        c = self._coefficients("sample" if respaced else "train", t, x_t)
         return (
             self._posterior_mean(x0, x_t, c),
             c.posterior_variance.expand_as(x_t),
@@ -346,11 +382,19 @@ class DiffusionScheduler(SchedulerMixin, ConfigMixin):
         """ε = (x_t − √ᾱ_t x_0)/√(1−ᾱ_t), from x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε (MATH.md §1)."""
         return (x_t - c.sqrt_alpha_bar * x0) / c.sqrt_one_minus_alpha_bar
 
-    def _clip(self, x0: torch.Tensor) -> torch.Tensor:
-        if self.config.clip_sample:
+    def _clip(self, x0: torch.Tensor, clip: bool | None = None) -> torch.Tensor:
+        """x̂_0 clipped to [−clip_sample_range, clip_sample_range] when `clip` (None: the
+        config's clip_sample) is on."""
+        if self.config.clip_sample if clip is None else clip:
             r = self.config.clip_sample_range
             return x0.clamp(-r, r)
         return x0
+
+    def _analytic_variance(self, c: Coefficients, lambda_sq: torch.Tensor) -> torch.Tensor:
+        """Analytic-DPM's σ*² for a step whose forward posterior has variance λ² (MATH.md §8);
+        with clip_sample on, the data are taken to lie in [−clip_sample_range, clip_sample_range]."""
+        data_half_range = self.config.clip_sample_range if self.config.clip_sample else None
+        return analytic_variance(c, lambda_sq, data_half_range)
 
     def _log_variance(self, c: Coefficients, variance_output: torch.Tensor | None) -> torch.Tensor:
         """log σ_t² of p(x_prev | x_t) for the configured variance type (MATH.md §4)."""
@@ -362,14 +406,16 @@ class DiffusionScheduler(SchedulerMixin, ConfigMixin):
             return u * c.log_beta + (1 - u) * c.posterior_log_variance_clipped
         if kind in ("fixed_small", "fixed_small_log"):
             return c.posterior_log_variance_clipped
-        return c.log_beta  # fixed_large, fixed_large_log
+        if kind == "analytic":  # for DDPM's posterior, λ² = β̃'_t
+            return self._analytic_variance(c, c.posterior_variance).log()
+        return c.large_log_variance  # fixed_large, fixed_large_log
 
     def _p_mean_variance(
-        self, c: Coefficients, model_output: torch.Tensor, x_t: torch.Tensor
+        self, c: Coefficients, model_output: torch.Tensor, x_t: torch.Tensor, clip: bool | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(mean, log σ², x̂_0) of p(x_prev | x_t) with the coefficients `c`."""
+        """(mean, log σ², x̂_0) of p(x_prev | x_t) with the coefficients `c`; `clip` as `_clip`."""
         prediction, variance_output = self.split_model_output(model_output, x_t)
-        x0 = self._clip(self._predict_x0(prediction, x_t, c))
+        x0 = self._clip(self._predict_x0(prediction, x_t, c), clip)
         return self._posterior_mean(x0, x_t, c), self._log_variance(c, variance_output), x0
 
     @staticmethod
@@ -378,12 +424,22 @@ class DiffusionScheduler(SchedulerMixin, ConfigMixin):
         return torch.addcmul(c.posterior_mean_coef_xt * x_t, c.posterior_mean_coef_x0, x0)
 
     def p_mean_variance(
-        self, model_output: torch.Tensor, x_t: torch.Tensor, t: Any
+        self,
+        model_output: torch.Tensor,
+        x_t: torch.Tensor,
+        t: Any,
+        *,
+        clip: bool | None = None,
+        respaced: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """p_θ(x_{t−1} | x_t) = N(μ_θ, σ_t² I) over the full T-step chain (MATH.md §3–4)
-        → (mean, variance, log_variance, pred_x0); t: int, 0-d or (B,)."""
-        c = self._coefficients("train", t, x_t)
-        mean, log_variance, x0 = self._p_mean_variance(c, model_output, x_t)
+        → (mean, variance, log_variance, pred_x0); t: int, 0-d or (B,).
+
+        clip: whether x̂_0 is clipped; None follows the config's clip_sample (training
+            passes False, MATH.md §5). respaced: as in `q_posterior`.
+        """
+        c = self._coefficients("sample" if respaced else "train", t, x_t)
+        mean, log_variance, x0 = self._p_mean_variance(c, model_output, x_t, clip)
         log_variance = log_variance.expand_as(x_t)
         return mean, log_variance.exp(), log_variance, x0
 

@@ -18,7 +18,8 @@ class DDIMScheduler(DiffusionScheduler):
     σ = η √β̃_t: η = 0 is deterministic, η = 1 is DDPM's fixed_small step.
 
     Takes DDPMScheduler's arguments (a learned variance's channels are split off and
-    ignored) and:
+    ignored; variance_type="analytic" makes the noise Analytic-DDIM's optimal σ* for the
+    step's η, Bao et al. 2022, added at every step but the last) and:
         eta: the default η in [0, 1]; `step(..., eta=...)` overrides it, as diffusers'
             DDIMPipeline does.
         set_alpha_to_one: ᾱ after the last step is 1 (True) or ᾱ at timestep 0 (False).
@@ -40,11 +41,12 @@ class DDIMScheduler(DiffusionScheduler):
         steps_offset: int = 0,
         set_alpha_to_one: bool = True,
         eta: float = 0.0,
+        analytic_gamma: Sequence[float] | None = None,
     ):
         self._check_eta(eta)
         self._setup(
-            num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
-            variance_type, prediction_type, clip_sample_range, timestep_spacing, steps_offset,
+            num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, variance_type,
+            prediction_type, clip_sample_range, timestep_spacing, steps_offset, analytic_gamma,
         )  # fmt: skip
 
     @staticmethod
@@ -82,7 +84,10 @@ class DDIMScheduler(DiffusionScheduler):
         variance = eta**2 * c.posterior_variance  # σ² = η² (1−ᾱ_{t−1})/(1−ᾱ_t) (1 − ᾱ_t/ᾱ_{t−1})
         direction = (c.one_minus_alpha_bar_prev - variance).clamp(min=0).sqrt()  # √(1 − ᾱ_{t−1} − σ²)
         prev_sample = torch.addcmul(c.sqrt_alpha_bar_prev * x0, direction, eps)
-        if eta > 0:
+        if self.config.variance_type == "analytic":  # Analytic-DDIM: σ*² for λ² = σ² (MATH.md §8)
+            std = c.is_not_last * self._analytic_variance(c, variance).sqrt()
+            prev_sample = torch.addcmul(prev_sample, std, noise_like(sample, generator))
+        elif eta > 0:
             prev_sample = torch.addcmul(prev_sample, variance.sqrt(), noise_like(sample, generator))
         if not return_dict:
             return prev_sample, x0

@@ -23,14 +23,20 @@ class DDPMScheduler(DiffusionScheduler):
             "squaredcos_cap_v2"), "squaredcos_cap_v2" or "sigmoid" (MATH.md §1).
         trained_betas: explicit β_1..β_T, each in (0, 1); overrides the schedule.
         variance_type: σ_t² = β̃_t ("fixed_small", "fixed_small_log"), β_t ("fixed_large",
-            "fixed_large_log"), or from the network: log σ² ("learned") or iDDPM's
-            interpolation ("learned_range"), where the model outputs twice the channels.
+            "fixed_large_log"; β̃_2 at the first step, as Ho et al.'s code), from the
+            network: log σ² ("learned") or iDDPM's interpolation ("learned_range"), where
+            the model outputs twice the channels, or Analytic-DPM's optimal variance of a
+            trained model ("analytic", Bao et al. 2022; MATH.md §8).
         clip_sample: clip x̂_0 to [−clip_sample_range, clip_sample_range].
         prediction_type: what the network predicts: "epsilon", "sample" (x_0),
             "v_prediction" or "posterior_mean" (μ̃ itself) (MATH.md §3).
         timestep_spacing: how `set_timesteps(n)` picks n of the T steps: "leading",
             "trailing" or "linspace" (Lin et al. 2023, Table 2).
         steps_offset: added to "leading" timesteps, as in diffusers.
+        analytic_gamma: Γ_t = E‖ε_θ(x_t, t)‖²/d at each of the T train timesteps, for
+            variance_type="analytic"; estimate it with `ddpm_pipelines.analytic.estimate_gamma`.
+            With clip_sample on, the analytic variance also uses that the data lie in
+            [−clip_sample_range, clip_sample_range].
     """
 
     @register_to_config
@@ -47,10 +53,11 @@ class DDPMScheduler(DiffusionScheduler):
         clip_sample_range: float = 1.0,
         timestep_spacing: TimestepSpacing = "leading",
         steps_offset: int = 0,
+        analytic_gamma: Sequence[float] | None = None,
     ):
         self._setup(
-            num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
-            variance_type, prediction_type, clip_sample_range, timestep_spacing, steps_offset,
+            num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, variance_type,
+            prediction_type, clip_sample_range, timestep_spacing, steps_offset, analytic_gamma,
         )  # fmt: skip
 
     def _is_last_step(self, timestep: int | torch.Tensor) -> bool:
@@ -79,11 +86,11 @@ class DDPMScheduler(DiffusionScheduler):
         x0 = self._clip(self._predict_x0(prediction, sample, c))  # (B, C, ...)
         prev_sample = self._posterior_mean(x0, sample, c)  # μ̃_t(x_t, x̂_0)
         if not self._is_last_step(timestep):  # at the last step: no noise, and no draw (as diffusers at t=0)
-            if variance_output is None:  # fixed σ_t, from the table
-                small = self.config.variance_type in ("fixed_small", "fixed_small_log")
-                std = c.noise_std_small if small else c.noise_std_large
-            else:
+            kind = self.config.variance_type
+            if variance_output is not None or kind == "analytic":  # σ_t from the network or Γ
                 std = c.is_not_last * torch.exp(0.5 * self._log_variance(c, variance_output))
+            else:  # fixed σ_t, from the table
+                std = c.noise_std_small if kind in ("fixed_small", "fixed_small_log") else c.noise_std_large
             prev_sample = torch.addcmul(prev_sample, std, noise_like(sample, generator))
         if not return_dict:
             return prev_sample, x0

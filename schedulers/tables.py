@@ -65,23 +65,31 @@ class Coefficients(NamedTuple):
     posterior_mean_coef_xt: torch.Tensor  # √α'_t (1 − ᾱ_prev) / (1 − ᾱ_t)      (§2)
     posterior_variance: torch.Tensor  # β̃'_t = (1 − ᾱ_prev)/(1 − ᾱ_t) · β'_t   (§2)
     posterior_log_variance_clipped: torch.Tensor  # log β̃'_t, log β̃' of the next row at the end
-    log_beta: torch.Tensor  # log β'_t (fixed_large, learned_range's upper end)
+    log_beta: torch.Tensor  # log β'_t (learned_range's upper end)
+    large_log_variance: (
+        torch.Tensor
+    )  # fixed_large's log σ²: log β'_t, log β̃' of the next row at the end (§4.1)
     noise_std_small: torch.Tensor  # σ_t = √β̃'_t, and 0 at the chain's last step (§4)
     noise_std_large: torch.Tensor  # σ_t = √β'_t, and 0 at the chain's last step (§4)
     is_not_last: torch.Tensor  # 1, or 0 at the chain's last step: no noise there (§4)
+    gamma: torch.Tensor  # Γ_t = E‖ε_θ(x_t, t)‖²/d of Analytic-DPM (§8), NaN without an estimate
 
 
 COLUMNS: tuple[str, ...] = Coefficients._fields
 
 
 def chain_table(
-    log_alpha_bar: torch.Tensor, timesteps: torch.Tensor, final_alpha_bar: float = 1.0
+    log_alpha_bar: torch.Tensor,
+    timesteps: torch.Tensor,
+    final_alpha_bar: float = 1.0,
+    gamma: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The chain table (module docstring) for descending train `timesteps`, float64.
 
     Respacing (MATH.md §4): ᾱ is kept at the chain's timesteps and
     β'_i = 1 − ᾱ_{S_i}/ᾱ_{S_{i+1}}; after the last one comes ᾱ_prev = `final_alpha_bar`
-    (ᾱ_0 = 1 in the papers). For the full chain β' is β, to float64 rounding.
+    (ᾱ_0 = 1 in the papers). For the full chain β' is β, to float64 rounding. `gamma`:
+    Analytic-DPM's Γ at every train timestep (T,), or None.
     """
     T = log_alpha_bar.shape[0]
     S = timesteps.to(device="cpu", dtype=torch.long)  # (n,) descending
@@ -105,6 +113,12 @@ def chain_table(
     clipped[-1] = post_var[-2] if len(S) > 1 else beta[-1]
     post_logvar = clipped.log()
 
+    # fixed_large: σ² = β'_t, but at the chain's last step (a decoder's variance, since no
+    # noise is added there) the same stand-in as above, as Ho et al.'s code and iDDPM do
+    # (MATH.md §4), so that bits/dim compare with the papers'.
+    large_logvar = beta.log()
+    large_logvar[-1] = post_logvar[-1]
+
     not_last = torch.ones_like(beta)
     not_last[-1] = 0.0
     columns = {
@@ -119,10 +133,32 @@ def chain_table(
         "posterior_variance": post_var,
         "posterior_log_variance_clipped": post_logvar,
         "log_beta": beta.log(),
+        "large_log_variance": large_logvar,
         "noise_std_small": not_last * (0.5 * post_logvar).exp(),
         "noise_std_large": not_last * beta.sqrt(),
         "is_not_last": not_last,
+        "gamma": torch.full_like(beta, math.nan) if gamma is None else gamma.to(torch.float64)[S],
     }
     table = torch.full((T, len(COLUMNS)), math.nan, dtype=torch.float64)
     table[S] = torch.stack([columns[name] for name in COLUMNS], dim=1)  # (n, K)
     return table
+
+
+def analytic_variance(
+    c: Coefficients, lambda_sq: torch.Tensor, data_half_range: float | None
+) -> torch.Tensor:
+    """Analytic-DPM's optimal reverse variance (MATH.md §8; Bao et al. 2022, Theorems 1–2):
+
+        σ*² = λ² + (√(β̄_t/α'_t) − √(β̄_prev − λ²))² · (1 − Γ_t),
+
+    for a step whose forward posterior has variance λ² (DDPM: β̃'_t; DDIM: η² β̃'_t), with
+    β̄ = 1 − ᾱ and α'_t = ᾱ_t/ᾱ_prev. 1 − Γ_t is clipped to [0, 1] (Theorem 2's bounds) and,
+    for data in [−r, r] (r = `data_half_range`, or None for unbounded data), to r² ᾱ_t/β̄_t,
+    Theorem 2's bound for bounded data. Shapes broadcast as `c`'s fields do."""
+    reach = c.sqrt_one_minus_alpha_bar * c.sqrt_alpha_bar_prev * c.sqrt_recip_alpha_bar  # √(β̄_t/α'_t)
+    direction = (c.one_minus_alpha_bar_prev - lambda_sq).clamp(min=0).sqrt()  # √(β̄_prev − λ²)
+    missing = (1 - c.gamma).clamp(0, 1)  # 1 − Γ_t, the model's share of E‖ε − ε_θ‖²/d
+    if data_half_range is not None:  # ᾱ_t/β̄_t = (√ᾱ_t/√β̄_t)²
+        snr = (c.sqrt_alpha_bar / c.sqrt_one_minus_alpha_bar) ** 2
+        missing = torch.minimum(missing, data_half_range**2 * snr)
+    return lambda_sq + (reach - direction) ** 2 * missing

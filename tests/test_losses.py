@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from conftest import PREDICTION_TYPES, VARIANCE_TYPES
@@ -84,8 +85,10 @@ def test_vlb_loss_at_t0_is_the_decoder_nll():
     x0 = torch.round((x0 + 1) * 127.5) / 127.5 - 1  # on the 8-bit grid
     t = torch.zeros(16, dtype=torch.long)
     loss = training_losses(_perfect_model(scheduler, x0, noise), scheduler, x0, "vlb", t=t, noise=noise)
-    # μ_θ = x_0 exactly, σ² = β_1: each interior pixel's bin holds P(|z| < (1/255)/√β_1).
-    p_bin = math.erf((1 / 255) / math.sqrt(2 * scheduler.betas[0].item()))
+    # μ_θ = x_0 exactly, σ² = β̃_2 (fixed_large at t = 1, as Ho et al.'s code; MATH.md §4):
+    # each interior pixel's bin holds P(|z| < (1/255)/σ).
+    beta2_tilde = (scheduler.betas[0] / (1 - scheduler.alphas_cumprod[1]) * scheduler.betas[1]).item()
+    p_bin = math.erf((1 / 255) / math.sqrt(2 * beta2_tilde))
     p_edge = 0.5 * (1 + p_bin)
     edge = (x0.abs() > 0.995).double()  # the two outermost bins, ±1
     nats = -(edge * math.log(p_edge) + (1 - edge) * math.log(p_bin)).flatten(1).sum(1)
@@ -98,7 +101,8 @@ def test_continuous_decoder_option():
     t = torch.zeros(1, dtype=torch.long)
     x_t = scheduler.add_noise(x0, torch.zeros_like(x0), t)
     nats = vlb_term(scheduler, x0, x0, x_t, t, decoder="continuous")
-    expected = 2 * 0.5 * math.log(2 * math.pi * scheduler.betas[0].item())  # −log N(x0; x0, β_1) for 2 dims
+    beta2_tilde = (scheduler.betas[0] / (1 - scheduler.alphas_cumprod[1]) * scheduler.betas[1]).item()
+    expected = 2 * 0.5 * math.log(2 * math.pi * beta2_tilde)  # −log N(x0; x0, β̃_2) for 2 dims
     torch.testing.assert_close(nats, torch.tensor([expected], dtype=torch.float64))
 
 
@@ -172,3 +176,78 @@ def test_vlb_terms_progress_bar(capsys):
     )
     assert "L_vlb terms" in capsys.readouterr().err
     assert torch.equal(quiet.total, shown.total)
+
+
+def _reference_bits_per_dim_fixed_large(eps_model, x0, noises):
+    """L_vlb in bits/dim per example as Ho et al.'s diffusion_utils_2.py and improved-diffusion's
+    GaussianDiffusion compute it for fixed_large, written here in numpy from their formulas:
+    the model's log variance is log(append(posterior_variance[1], betas[1:])), so β̃_2 at the
+    first step (MATH.md §4); their exact-CDF equivalent of the discretised decoder (scipy)."""
+    from scipy.stats import norm
+
+    betas = np.linspace(1e-4, 0.02, T)
+    ac = np.cumprod(1 - betas)
+    ac_prev = np.append(1.0, ac[:-1])
+    post_var = betas * (1 - ac_prev) / (1 - ac)
+    post_logvar = np.log(np.append(post_var[1], post_var[1:]))
+    model_logvar = np.log(np.append(post_var[1], betas[1:]))
+    coef_x0, coef_xt = betas * np.sqrt(ac_prev) / (1 - ac), (1 - ac_prev) * np.sqrt(1 - betas) / (1 - ac)
+    x0 = x0.numpy()
+    total = np.zeros(x0.shape[0])
+    for t in range(T):
+        x_t = np.sqrt(ac[t]) * x0 + np.sqrt(1 - ac[t]) * noises[t].numpy()
+        pred_x0 = np.sqrt(1 / ac[t]) * x_t - np.sqrt(1 / ac[t] - 1) * eps_model(x_t, t)
+        mean = coef_x0[t] * pred_x0 + coef_xt[t] * x_t
+        if t == 0:
+            std = np.exp(0.5 * model_logvar[0])
+            upper = np.where(x0 > 0.999, np.inf, x0 + 1 / 255)
+            lower = np.where(x0 < -0.999, -np.inf, x0 - 1 / 255)
+            nats = -np.log(norm.cdf((upper - mean) / std) - norm.cdf((lower - mean) / std))
+        else:
+            true_mean = coef_x0[t] * x0 + coef_xt[t] * x_t
+            lv1, lv2 = post_logvar[t], model_logvar[t]
+            nats = 0.5 * (lv2 - lv1 + np.exp(lv1 - lv2) + (true_mean - mean) ** 2 * np.exp(-lv2) - 1)
+        total += nats.reshape(len(x0), -1).mean(1) / np.log(2)
+    mean_T = np.sqrt(ac[-1]) * x0  # the prior term L_T
+    prior = 0.5 * (-np.log(1 - ac[-1]) + (1 - ac[-1]) + mean_T**2 - 1)
+    return total + prior.reshape(len(x0), -1).mean(1) / np.log(2)
+
+
+def test_fixed_large_bits_per_dim_equal_ho_et_al_convention():
+    """Our bits/dim of the same model, data and noise equal the reference computation of
+    Ho et al.'s fixed_large convention (β̃_2 in the decoder), term by term summed."""
+    g = torch.Generator().manual_seed(7)
+    x0 = torch.randint(0, 256, (3, 2, 3, 3), generator=g).double() / 127.5 - 1  # 8-bit images
+    x0[0, 0, 0, 0], x0[1, 0, 0, 0] = -1.0, 1.0  # both edge bins
+
+    def eps_model(x_t, t):  # any deterministic function of (x_t, t) serves
+        return 0.8 * x_t + 0.05 * np.sin(t / 50.0)
+
+    scheduler = DDPMScheduler(variance_type="fixed_large", clip_sample=False)
+    noise_g = torch.Generator().manual_seed(3)
+    noises = {t: torch.randn(x0.shape, generator=noise_g, dtype=torch.float64) for t in range(T - 1, -1, -1)}
+    expected = _reference_bits_per_dim_fixed_large(eps_model, x0, noises)
+
+    def model_fn(x_t, t):
+        return torch.from_numpy(eps_model(x_t.numpy(), t[0].item()))
+
+    ours = vlb_terms(model_fn, scheduler, x0, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(
+        bits_per_dim(ours.total, x0[0].numel()), torch.from_numpy(expected), rtol=1e-9, atol=0
+    )
+
+
+def test_training_losses_never_clip_and_the_gradient_reaches_every_element():
+    """With clip_sample on, the L_vlb term of training is still the unclipped one (MATH.md §5),
+    so an element whose x̂_0 lies outside [−1, 1] gets a gradient."""
+    scheduler = DDPMScheduler(prediction_type="sample", variance_type="fixed_small", clip_sample=True)
+    x0 = torch.zeros(1, 1, 2, 2, dtype=torch.float64)
+    t = torch.tensor([10])
+    prediction = torch.tensor([[[[1.7, 0.2], [-2.5, 0.4]]]], dtype=torch.float64, requires_grad=True)
+    loss = training_losses(lambda x_t, s: prediction, scheduler, x0, "vlb", t=t, noise=torch.zeros_like(x0))
+    loss.sum().backward()
+    assert (prediction.grad != 0).all(), prediction.grad  # 1.7 and −2.5 included
+    unclipped = vlb_term(scheduler, prediction.detach(), x0, scheduler.add_noise(x0, x0, t), t, clip=False)
+    clipped = vlb_term(scheduler, prediction.detach(), x0, scheduler.add_noise(x0, x0, t), t)
+    torch.testing.assert_close(loss.detach(), bits_per_dim(T * unclipped, 4))
+    assert clipped.item() < unclipped.item()  # clipping would have changed the term

@@ -104,8 +104,8 @@ def test_reverse_variances(variance_type):
     t = torch.arange(T - 1, -1, -1)
     x = torch.zeros(T, 1, dtype=torch.float64)
     _, variance, log_variance, _ = scheduler.p_mean_variance(x, x, t)
-    if variance_type.startswith("fixed_large"):  # σ² = β_t (MATH.md §4)
-        expected = ref["beta"]
+    if variance_type.startswith("fixed_large"):  # σ² = β_t, but β̃_2 at t = 1 as Ho et al.'s code (MATH.md §4)
+        expected = [*ref["beta"][:-1], ref["post_var"][-2]]
     else:  # σ² = β̃_t, with β̃_2 standing in for β̃_1 = 0 (MATH.md §2)
         expected = [*ref["post_var"][:-1], ref["post_var"][-2]]
     assert_close(variance[:, 0], expected)
