@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -248,11 +249,13 @@ class NLLResult:
 
     bits_per_dim: the mean over examples of L_vlb = L_T + Σ_t L_t.
     bits_per_dim_std_error: its standard error, std / √N (NaN for one example).
-    terms_bits_per_dim: (T,) the mean of each term L_t at train timestep t; column 0 is the
-        decoder's L_0, column t ≥ 1 the KL term (iDDPM Fig. 2).
+    terms_bits_per_dim: (K,) the mean of each term, at the train timesteps `timesteps`;
+        column 0 is the decoder's L_0, the others the KL terms (iDDPM Fig. 2).
     prior_bits_per_dim: the mean L_T. terms_bits_per_dim.sum() + prior_bits_per_dim equals
         bits_per_dim.
     num_examples: N. decoder: the L_0 decoder used, "discretized" or "continuous".
+    timesteps: the chain's K train timesteps, ascending (all T: 0..T−1).
+    clip_sample: whether x̂_0 was clipped in p_θ, as the scheduler's clip_sample says.
     """
 
     bits_per_dim: float
@@ -261,6 +264,8 @@ class NLLResult:
     prior_bits_per_dim: float
     num_examples: int
     decoder: str
+    timesteps: list[int]
+    clip_sample: bool
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as strict-JSON values: the terms as a list of T floats, a NaN standard
@@ -273,6 +278,8 @@ class NLLResult:
             "prior_bits_per_dim": self.prior_bits_per_dim,
             "num_examples": self.num_examples,
             "decoder": self.decoder,
+            "timesteps": self.timesteps,
+            "clip_sample": self.clip_sample,
         }
 
     @classmethod
@@ -292,6 +299,8 @@ class NLLResult:
             prior_bits_per_dim=fields["prior_bits_per_dim"],
             num_examples=fields["num_examples"],
             decoder=fields["decoder"],
+            timesteps=fields["timesteps"],
+            clip_sample=fields["clip_sample"],
         )
 
 
@@ -304,6 +313,7 @@ def nll(
     decoder: Decoder | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    timesteps: Sequence[int] | None = None,
 ) -> NLLResult:
     """The negative log-likelihood bound L_vlb of MATH.md §5 of every example of `data`
     (N, ...), all T terms each (one draw of x_t per term, `vlb_terms`), `batch_size`
@@ -311,7 +321,10 @@ def nll(
 
     decoder: the L_0 decoder, "discretized" (8-bit images in [−1, 1]) or "continuous";
         default "discretized" for image data (N, C, H, W), "continuous" for points (N, D).
-    The terms are computed in data's dtype (float64 for the most accurate bound) on its device.
+    timesteps: a descending chain of train timesteps: the bound of that K-step chain
+        (`vlb_terms`); None: all T.
+    The terms are computed in data's dtype (float64 for the most accurate bound) on its device;
+    x̂_0 is clipped as the scheduler's clip_sample says (reported in the result).
     """
     if not isinstance(data, torch.Tensor) or data.dim() < 2 or data.shape[0] < 1:
         raise ValueError(
@@ -329,12 +342,14 @@ def nll(
     _check_count("batch_size", batch_size)
     n, num_dims = data.shape[0], data[0].numel()
     totals = []  # (b,) per batch, nats
-    terms_sum = torch.zeros(scheduler.config.num_train_timesteps, dtype=torch.float64)  # (T,) nats
+    terms_sum = torch.zeros((), dtype=torch.float64)  # (K,) nats, once the first batch is in
     prior_sum = torch.zeros((), dtype=torch.float64)
     for batch in data.split(batch_size):
-        vlb = vlb_terms(model_fn, scheduler, batch, decoder=decoder, generator=generator, progress=progress)
+        vlb = vlb_terms(
+            model_fn, scheduler, batch, decoder, generator=generator, progress=progress, timesteps=timesteps
+        )
         totals.append(vlb.total.to("cpu", torch.float64))
-        terms_sum += vlb.terms.sum(dim=0).to("cpu", torch.float64)
+        terms_sum = terms_sum + vlb.terms.sum(dim=0).to("cpu", torch.float64)
         prior_sum += vlb.prior.sum().to("cpu", torch.float64)
     total_bits = bits_per_dim(torch.cat(totals), num_dims)  # (N,)
     std_error = (total_bits.std() / math.sqrt(n)).item() if n > 1 else math.nan
@@ -345,6 +360,8 @@ def nll(
         prior_bits_per_dim=bits_per_dim(prior_sum / n, num_dims).item(),
         num_examples=n,
         decoder=decoder,
+        timesteps=vlb.timesteps.tolist(),
+        clip_sample=bool(scheduler.config.clip_sample),
     )
 
 
@@ -374,8 +391,7 @@ def plot_vlb_terms(results: dict[str, NLLResult], path: str | os.PathLike) -> Pa
     FigureCanvasAgg(fig)  # the Agg backend, without touching pyplot's global state
     ax = fig.add_subplot()
     for label, result in results.items():
-        terms = result.terms_bits_per_dim.numpy()  # (T,)
-        ax.plot(np.arange(len(terms)), terms, label=label)
+        ax.plot(result.timesteps, result.terms_bits_per_dim.numpy(), label=label)  # (K,)
     ax.set_yscale("log", nonpositive="mask")
     ax.set_xlabel("diffusion step t")
     ax.set_ylabel("loss term L_t (bits/dim)")
@@ -449,7 +465,8 @@ def evaluate(
       "fd_dinov2_ratio" (None where the floor is 0).
     - the NLL, `NLLResult.to_dict()` with each key prefixed "nll_": "nll_bits_per_dim",
       "nll_bits_per_dim_std_error" (None for one example), "nll_terms_bits_per_dim" (a list of
-      T floats), "nll_prior_bits_per_dim", "nll_num_examples", "nll_decoder".
+      T floats), "nll_prior_bits_per_dim", "nll_num_examples", "nll_decoder", "nll_timesteps"
+      (0..T−1), "nll_clip_sample" (whether the scheduler clipped x̂_0 in the bound).
     """
     for name, value in (
         ("num_samples", num_samples),

@@ -26,12 +26,12 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 import schedulers
+from schedulers.base import LEARNED_VARIANCES
 
 from . import hub
 from .models import MLPModel, UNetModel
 
 OUTPUT_TYPES = ("pil", "np", "pt")
-LEARNED_VARIANCES = ("learned", "learned_range")
 
 # model_index.json entries: the classes a saved pipeline names, and what they load as. Our
 # schedulers and UNet are saved under diffusers' names (their files are diffusers' own), so
@@ -98,7 +98,8 @@ class DDPMPipeline(hub.PushToHubMixin, DiffusionPipeline):
         variance_type = getattr(scheduler.config, "variance_type", None)
         n_in, n_out = _features(unet)
         needed = 2 * n_in if variance_type in LEARNED_VARIANCES else n_in
-        if n_out != needed:
+        # A model trained with a learned variance serves "analytic" too: that variance replaces it.
+        if n_out != needed and not (variance_type == "analytic" and n_out == 2 * n_in):
             raise ValueError(
                 f"the model outputs {n_out} channels for {n_in} input channels, but the scheduler's "
                 f"variance_type={variance_type!r} needs {needed}"

@@ -443,6 +443,13 @@ class DiffusionScheduler(SchedulerMixin, ConfigMixin):
         log_variance = log_variance.expand_as(x_t)
         return mean, log_variance.exp(), log_variance, x0
 
+    def predict_epsilon(self, model_output: torch.Tensor, x_t: torch.Tensor, t: Any) -> torch.Tensor:
+        """ε̂ from the model's output in the configured parameterisation (MATH.md §3), unclipped,
+        over the full T-step chain; a learned variance's channels are set aside."""
+        c = self._coefficients("train", t, x_t)
+        prediction, _ = self.split_model_output(model_output, x_t)
+        return self._predict_epsilon(prediction, x_t, c, self._predict_x0(prediction, x_t, c))
+
     # ---- diffusers interface ---------------------------------------------------------------
 
     def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
