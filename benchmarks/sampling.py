@@ -164,7 +164,7 @@ class FusedSampler:
 
     def coefficients(self, steps: int) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """The chain's timesteps and, per step, [1/√ᾱ_t, √(1/ᾱ_t − 1), c0, ct, σ_t] in float32,
-        from the scheduler's float64 ᾱ (MATH.md §2, §4): σ_t = 0 at the last step."""
+        from the scheduler's float64 ᾱ (docs/math.md §2, §4): σ_t = 0 at the last step."""
         self.scheduler.set_timesteps(steps)
         chain = self.scheduler.timesteps
         ab = self.scheduler.alphas_cumprod.to(torch.float64)

@@ -1,5 +1,5 @@
 """Analytic-DPM (Bao, Li, Zhu and Zhang, ICLR 2022, arXiv 2201.06503): the reverse variance
-that minimises the bound for a trained noise-prediction model, in closed form (MATH.md §8).
+that minimises the bound for a trained noise-prediction model, in closed form (docs/math.md §8).
 
 For a step t → s of any chain the optimal σ² depends on the model only through
 
@@ -34,7 +34,7 @@ def estimate_gamma(
     generator: torch.Generator | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Γ_t = E‖ε_θ(x_t, t)‖²/d at every train timestep t = 0..T−1 (MATH.md §8), float64 (T,).
+    """Γ_t = E‖ε_θ(x_t, t)‖²/d at every train timestep t = 0..T−1 (docs/math.md §8), float64 (T,).
 
     Each example of `data` (N, ...) — training data in the model's units: images in [−1, 1]
     (N, C, H, W), points (N, D) — is noised once per timestep with noise from `generator`,

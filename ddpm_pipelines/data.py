@@ -1,5 +1,5 @@
 """Training data as in-memory float32 tensors: points of shape (N, 2) or images of shape
-(N, C, H, W) scaled to [−1, 1], the range the models and MATH.md's discretized decoder
+(N, C, H, W) scaled to [−1, 1], the range the models and docs/math.md §5.2's discretized decoder
 expect.
 
 `load_dataset(name, split)` reads one of

@@ -5,7 +5,7 @@
 - Images: FD_DINOv2 (Stein et al. 2023, "Exposing flaws of generative model evaluation
   metrics"), the Fréchet distance between DINOv2 features of generated and real images,
   beside the real-vs-real floor.
-- Both: the negative log-likelihood bound L_vlb of MATH.md §5 in bits/dim over a dataset,
+- Both: the negative log-likelihood bound L_vlb of docs/math.md §5 in bits/dim over a dataset,
   with its per-timestep terms, and their plot as in iDDPM Fig. 2 (Nichol & Dhariwal 2021).
 
 `evaluate(pipe, real_train, real_test, ...)` runs what suits the pipeline and returns a
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# The decoder L_0 that suits each kind of data (MATH.md §5): 8-bit images (B, C, H, W) on the
+# The decoder L_0 that suits each kind of data (docs/math.md §5): 8-bit images (B, C, H, W) on the
 # 256-level grid of [−1, 1], real-valued points (B, D).
 DEFAULT_DECODERS: dict[int, str] = {4: "discretized", 2: "continuous"}
 # DINOv2's input normalisation: the ImageNet mean and std of each RGB channel.
@@ -245,7 +245,7 @@ def fd_dinov2(
 
 @dataclass
 class NLLResult:
-    """The variational bound on −log p_θ(x_0) (MATH.md §5) over a dataset, in bits/dim.
+    """The variational bound on −log p_θ(x_0) (docs/math.md §5) over a dataset, in bits/dim.
 
     bits_per_dim: the mean over examples of L_vlb = L_T + Σ_t L_t.
     bits_per_dim_std_error: its standard error, std / √N (NaN for one example).
@@ -315,7 +315,7 @@ def nll(
     progress: bool = False,
     timesteps: Sequence[int] | None = None,
 ) -> NLLResult:
-    """The negative log-likelihood bound L_vlb of MATH.md §5 of every example of `data`
+    """The negative log-likelihood bound L_vlb of docs/math.md §5 of every example of `data`
     (N, ...), all T terms each (one draw of x_t per term, `vlb_terms`), `batch_size`
     examples at a time, averaged in bits/dim (nats / (D · ln 2), D = the numel of one example).
 

@@ -1,4 +1,4 @@
-"""The training objectives and the likelihood of MATH.md §5.
+"""The training objectives and the likelihood of docs/math.md §5.
 
 All terms are per example, in nats summed over the data dimensions, unless a name says
 otherwise. `bits_per_dim` turns nats into bits per dimension.
@@ -24,7 +24,7 @@ LOSS_TYPES: tuple[str, ...] = get_args(LossType)
 
 # iDDPM §3.1: L_hybrid = L_simple + λ L_vlb.
 HYBRID_LAMBDA = 0.001
-# 8-bit data in [−1, 1]: 256 bins of width 2/255 (MATH.md §5, L_0).
+# 8-bit data in [−1, 1]: 256 bins of width 2/255 (docs/math.md §5, L_0).
 NUM_BINS = 256
 BIN_HALF_WIDTH = 1.0 / 255.0
 
@@ -43,7 +43,7 @@ def _mean_dims(x: torch.Tensor) -> torch.Tensor:
 def normal_kl(
     mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor
 ) -> torch.Tensor:
-    """KL(N(mean1, e^logvar1) ‖ N(mean2, e^logvar2)) per element, in nats (MATH.md §5):
+    """KL(N(mean1, e^logvar1) ‖ N(mean2, e^logvar2)) per element, in nats (docs/math.md §5):
     log(σ₂/σ₁) + (σ₁² + (μ₁ − μ₂)²)/(2σ₂²) − ½."""
     return 0.5 * (
         logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2) - 1.0
@@ -62,7 +62,7 @@ def discretized_gaussian_log_likelihood(
 ) -> torch.Tensor:
     """log P(x) per element for data on the 256-level grid of [−1, 1] under N(means,
     e^(2·log_scales)) integrated over each bin of width 2/255, the edge bins open to ±∞
-    (MATH.md §5, L_0; DDPM §3.3). Uses the exact normal CDF, so the 256 bin probabilities
+    (docs/math.md §5, L_0; DDPM §3.3). Uses the exact normal CDF, so the 256 bin probabilities
     sum to one."""
     inv_std = torch.exp(-log_scales)
     upper = (x - means + BIN_HALF_WIDTH) * inv_std  # standardised bin edges
@@ -86,12 +86,12 @@ def continuous_gaussian_log_likelihood(
 
 
 def bits_per_dim(nats: torch.Tensor, num_dims: int) -> torch.Tensor:
-    """NLL in nats per example → bits per dimension: nats / (D · ln 2) (MATH.md §5)."""
+    """NLL in nats per example → bits per dimension: nats / (D · ln 2) (docs/math.md §5)."""
     return nats / (num_dims * math.log(2.0))
 
 
 def prior_kl(scheduler: DiffusionScheduler, x0: torch.Tensor, t: int | None = None) -> torch.Tensor:
-    """L_T = KL(q(x_T | x_0) ‖ N(0, I)) per example, nats (MATH.md §5); `t`: the chain's first
+    """L_T = KL(q(x_T | x_0) ‖ N(0, I)) per example, nats (docs/math.md §5); `t`: the chain's first
     train timestep, by default T − 1."""
     if t is None:
         t = scheduler.config.num_train_timesteps - 1
@@ -110,12 +110,12 @@ def vlb_term(
     clip: bool | None = None,
     respaced: bool = False,
 ) -> torch.Tensor:
-    """The variational-bound term at train timesteps t (B,), per example, nats (MATH.md §5):
+    """The variational-bound term at train timesteps t (B,), per example, nats (docs/math.md §5):
     L_t = KL(q(x_{t−1} | x_t, x_0) ‖ p_θ(x_{t−1} | x_t)) where t > 0 and the decoder's
     L_0 = −log p_θ(x_0 | x_1) where t = 0.
 
     clip: whether x̂_0 is clipped in p_θ; None follows the scheduler's clip_sample.
-    respaced: over the chain set by the scheduler's `set_timesteps` (MATH.md §4): x_{t−1}
+    respaced: over the chain set by the scheduler's `set_timesteps` (docs/math.md §4): x_{t−1}
         stands for x at the chain's next timestep, and the decoder is at its last one.
     """
     check_choice("decoder", decoder, DECODERS)
@@ -158,13 +158,13 @@ def vlb_terms(
     progress: bool = False,
     timesteps: Sequence[int] | None = None,
 ) -> VLBTerms:
-    """Every term of L_vlb = L_T + Σ_{t≥1} L_{t−1} (MATH.md §5) over all T train timesteps,
+    """Every term of L_vlb = L_T + Σ_{t≥1} L_{t−1} (docs/math.md §5) over all T train timesteps,
     each from one draw of x_t ~ q(x_t | x_0). `model_fn(x_t, t)` returns the model output
     for x_t at timesteps t (B,). "discretized" suits 8-bit data in [−1, 1], "continuous"
     real-valued data.
 
     timesteps: a descending chain of train timesteps: the bound of that K-step chain
-        (MATH.md §5), whose reverse process `set_timesteps(timesteps=...)` samples; the prior
+        (docs/math.md §5), whose reverse process `set_timesteps(timesteps=...)` samples; the prior
         term is at its first timestep and the decoder at its last. None: all T.
     """
     check_choice("decoder", decoder, DECODERS)
@@ -203,7 +203,7 @@ def training_losses(
     decoder: Decoder = "discretized",
 ) -> torch.Tensor:
     """Per-example training loss at t ~ U{0..T−1} (or the given t), for any prediction and
-    variance type of `scheduler` (MATH.md §5, iDDPM §3):
+    variance type of `scheduler` (docs/math.md §5, iDDPM §3):
 
     - "simple": L_simple, the mean squared error of the model's prediction against its
       target (ε, x_0, v or μ̃), averaged over dimensions (DDPM eq. 14).
@@ -226,7 +226,7 @@ def training_losses(
     model_output = model_fn(x_t, t)
     prediction, variance_output = scheduler.split_model_output(model_output, x_t)
 
-    def vlb_bits(output: torch.Tensor) -> torch.Tensor:  # never clipped in training (MATH.md §5)
+    def vlb_bits(output: torch.Tensor) -> torch.Tensor:  # never clipped in training (docs/math.md §5)
         return bits_per_dim(T * vlb_term(scheduler, output, x0, x_t, t, decoder, clip=False), x0[0].numel())
 
     if loss_type == "vlb":

@@ -1,4 +1,4 @@
-"""`DDPMPipeline`: a model and a scheduler, and the sampling loop between them (MATH.md §4):
+"""`DDPMPipeline`: a model and a scheduler, and the sampling loop between them (docs/math.md §4):
 x_T ~ N(0, I), then for each timestep t of the scheduler's chain, model output at (x_t, t)
 → `scheduler.step` → x_{t−1}.
 
@@ -159,7 +159,7 @@ class DDPMPipeline(hub.PushToHubMixin, DiffusionPipeline):
         device, model_dtype = self._execution_device, self.unet.dtype
         # The scheduler's arithmetic in float32 even when the model runs in half precision.
         dtype = torch.float32 if model_dtype in (torch.float16, torch.bfloat16) else model_dtype
-        # x_T ~ N(0, I) (MATH.md §4), drawn as diffusers' DDPMPipeline draws it.
+        # x_T ~ N(0, I) (docs/math.md §4), drawn as diffusers' DDPMPipeline draws it.
         sample = randn_tensor(self.sample_shape(batch_size), generator=generator, device=device, dtype=dtype)
         sample = sample * self.scheduler.init_noise_sigma
         self.scheduler.set_timesteps(steps)  # CPU timesteps, as in diffusers' DDPMPipeline

@@ -1,4 +1,4 @@
-"""Training a DDPM (MATH.md §5): `train(TrainingConfig(...))`, or `ddpm-pipelines train`.
+"""Training a DDPM (docs/math.md §5): `train(TrainingConfig(...))`, or `ddpm-pipelines train`.
 
 One loop for one CPU or many GPUs (Hugging Face accelerate; the same command runs under
 `accelerate launch` or `torchrun`): a batch x_0 → t (uniform, or importance-sampled by the
@@ -73,9 +73,9 @@ class TrainingConfig:
     num_samples: int | None = _option(None, "the dataset's size (default: the dataset's own)")
     image_size: int | None = _option(None, "resize images to this (folders and hf: datasets)")
     model: str = _option("mlp", "mlp (points) or a UNet preset (images)")
-    loss: str = _option("simple", "simple, vlb or hybrid (MATH.md §5)")
+    loss: str = _option("simple", "simple, vlb or hybrid (docs/math.md §5)")
     variance_type: str | None = _option(None, "default: fixed_small for simple, learned_range otherwise")
-    beta_schedule: str = _option("linear", "linear, scaled_linear, cosine or sigmoid (MATH.md §1)")
+    beta_schedule: str = _option("linear", "linear, scaled_linear, cosine or sigmoid (docs/math.md §1)")
     num_train_timesteps: int = _option(1000, "T, the length of the forward process")
     timestep_sampler: str = _option("uniform", "uniform, or importance (iDDPM §3.3; for vlb)")
     batch_size: int = _option(128, "per process and per micro-batch")

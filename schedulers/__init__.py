@@ -1,4 +1,4 @@
-"""Schedulers holding the DDPM β/ᾱ math and reverse step rules (MATH.md §1–4), with
+"""Schedulers holding the DDPM β/ᾱ math and reverse step rules (docs/math.md §1–4), with
 diffusers' scheduler interface: they plug into diffusers' pipelines and back."""
 
 from .base import DiffusionScheduler

@@ -1,5 +1,5 @@
 """What DDPMScheduler and DDIMScheduler share: options, tables, timesteps, the forward
-process, the posterior and the conversions between parameterisations (MATH.md §1–4).
+process, the posterior and the conversions between parameterisations (docs/math.md §1–4).
 
 The schedulers follow diffusers' scheduler interface (`SchedulerMixin`, `ConfigMixin`):
 the constructor's arguments are the configuration, saved as `scheduler_config.json`.
@@ -92,7 +92,7 @@ class DiffusionScheduler(SchedulerMixin, ConfigMixin):
         steps_offset: int,
         analytic_gamma: Sequence[float] | np.ndarray | torch.Tensor | None,
     ) -> None:
-        """Validate the options and build the float64 tables (MATH.md §1–2)."""
+        """Validate the options and build the float64 tables (docs/math.md §1–2)."""
         check_choice("variance_type", variance_type, VARIANCE_TYPES)
         check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
         check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
@@ -141,7 +141,7 @@ class DiffusionScheduler(SchedulerMixin, ConfigMixin):
 
     @staticmethod
     def _check_gamma(gamma: Any, num_train_timesteps: int, variance_type: str) -> torch.Tensor | None:
-        """Analytic-DPM's Γ (MATH.md §8) as a float64 (T,) tensor; required by "analytic"."""
+        """Analytic-DPM's Γ (docs/math.md §8) as a float64 (T,) tensor; required by "analytic"."""
         if gamma is None:
             if variance_type == "analytic":
                 raise ValueError(
@@ -165,7 +165,7 @@ class DiffusionScheduler(SchedulerMixin, ConfigMixin):
     # ---- timesteps ---------------------------------------------------------------------
 
     def _final_alpha_bar(self) -> float:
-        """ᾱ after the chain's last step: ᾱ_0 = 1 (MATH.md §1)."""
+        """ᾱ after the chain's last step: ᾱ_0 = 1 (docs/math.md §1)."""
         return 1.0
 
     def _reset_timesteps(
@@ -190,7 +190,7 @@ class DiffusionScheduler(SchedulerMixin, ConfigMixin):
         """Choose the sampling chain: `num_inference_steps` spaced by the config's
         `timestep_spacing`, or an explicit descending list of train `timesteps`.
 
-        Respacing keeps ᾱ at the chosen steps (MATH.md §4); the model is still given the
+        Respacing keeps ᾱ at the chosen steps (docs/math.md §4); the model is still given the
         original timestep values.
         """
         T = self.config.num_train_timesteps
@@ -319,32 +319,32 @@ class DiffusionScheduler(SchedulerMixin, ConfigMixin):
             return prediction, variance_output
         return model_output, None
 
-    # ---- MATH.md §1: forward process -----------------------------------------------------
+    # ---- docs/math.md §1: forward process -----------------------------------------------------
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: Any) -> torch.Tensor:
-        """x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε (MATH.md §1); timesteps: int, 0-d or (B,)."""
+        """x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε (docs/math.md §1); timesteps: int, 0-d or (B,)."""
         c = self._coefficients("train", timesteps, original_samples)
         return c.sqrt_alpha_bar * original_samples + c.sqrt_one_minus_alpha_bar * noise
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: Any) -> torch.Tensor:
-        """v = √ᾱ_t ε − √(1−ᾱ_t) x_0 (MATH.md §3.4, Salimans & Ho 2022)."""
+        """v = √ᾱ_t ε − √(1−ᾱ_t) x_0 (docs/math.md §3.4, Salimans & Ho 2022)."""
         c = self._coefficients("train", timesteps, sample)
         return c.sqrt_alpha_bar * noise - c.sqrt_one_minus_alpha_bar * sample
 
     def q_mean_variance(self, x0: torch.Tensor, t: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q(x_t | x_0) = N(√ᾱ_t x_0, (1−ᾱ_t) I) (MATH.md §1) → (mean, variance, log_variance)."""
+        """q(x_t | x_0) = N(√ᾱ_t x_0, (1−ᾱ_t) I) (docs/math.md §1) → (mean, variance, log_variance)."""
         c = self._coefficients("train", t, x0)
         variance = c.sqrt_one_minus_alpha_bar**2
         return c.sqrt_alpha_bar * x0, variance.expand_as(x0), variance.log().expand_as(x0)
 
-    # ---- MATH.md §2: the posterior ---------------------------------------------------------
+    # ---- docs/math.md §2: the posterior ---------------------------------------------------------
 
     def q_posterior(
         self, x0: torch.Tensor, x_t: torch.Tensor, t: Any, *, respaced: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q(x_{t−1} | x_t, x_0) = N(μ̃_t, β̃_t I) (MATH.md §2) over the full T-step chain
+        """q(x_{t−1} | x_t, x_0) = N(μ̃_t, β̃_t I) (docs/math.md §2) over the full T-step chain
         → (mean, variance, log_variance); the log variance at t = 0 is log β̃ of t = 1.
-        With `respaced`, over the chain set by `set_timesteps` (MATH.md §4): x_{t−1} stands
+        With `respaced`, over the chain set by `set_timesteps` (docs/math.md §4): x_{t−1} stands
         for x at the chain's next timestep."""
         c = self._coefficients("sample" if respaced else "train", t, x_t)
         return (
@@ -353,10 +353,10 @@ class DiffusionScheduler(SchedulerMixin, ConfigMixin):
             c.posterior_log_variance_clipped.expand_as(x_t),
         )
 
-    # ---- MATH.md §3–4: parameterisations and the reverse distribution -----------------------
+    # ---- docs/math.md §3–4: parameterisations and the reverse distribution -----------------------
 
     def _predict_x0(self, prediction: torch.Tensor, x_t: torch.Tensor, c: Coefficients) -> torch.Tensor:
-        """x̂_0 from any of the four parameterisations (MATH.md §3)."""
+        """x̂_0 from any of the four parameterisations (docs/math.md §3)."""
         kind = self.config.prediction_type
         if kind == "epsilon":  # x̂_0 = (x_t − √(1−ᾱ_t) ε)/√ᾱ_t = x_t/√ᾱ_t − √(1/ᾱ_t − 1) ε
             return torch.addcmul(c.sqrt_recip_alpha_bar * x_t, c.sqrt_recipm1_alpha_bar, prediction, value=-1)
@@ -370,7 +370,7 @@ class DiffusionScheduler(SchedulerMixin, ConfigMixin):
     def _predict_epsilon(
         self, prediction: torch.Tensor, x_t: torch.Tensor, c: Coefficients, x0: torch.Tensor
     ) -> torch.Tensor:
-        """ε̂ from the model's prediction and the unclipped x̂_0 it gives (MATH.md §3)."""
+        """ε̂ from the model's prediction and the unclipped x̂_0 it gives (docs/math.md §3)."""
         if self.config.prediction_type == "epsilon":
             return prediction
         if self.config.prediction_type == "v_prediction":  # ε̂ = √ᾱ_t v + √(1−ᾱ_t) x_t
@@ -379,7 +379,7 @@ class DiffusionScheduler(SchedulerMixin, ConfigMixin):
 
     @staticmethod
     def _epsilon_from_x0(x_t: torch.Tensor, x0: torch.Tensor, c: Coefficients) -> torch.Tensor:
-        """ε = (x_t − √ᾱ_t x_0)/√(1−ᾱ_t), from x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε (MATH.md §1)."""
+        """ε = (x_t − √ᾱ_t x_0)/√(1−ᾱ_t), from x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε (docs/math.md §1)."""
         return (x_t - c.sqrt_alpha_bar * x0) / c.sqrt_one_minus_alpha_bar
 
     def _clip(self, x0: torch.Tensor, clip: bool | None = None) -> torch.Tensor:
@@ -391,13 +391,13 @@ class DiffusionScheduler(SchedulerMixin, ConfigMixin):
         return x0
 
     def _analytic_variance(self, c: Coefficients, lambda_sq: torch.Tensor) -> torch.Tensor:
-        """Analytic-DPM's σ*² for a step whose forward posterior has variance λ² (MATH.md §8);
+        """Analytic-DPM's σ*² for a step whose forward posterior has variance λ² (docs/math.md §8);
         with clip_sample on, the data are taken to lie in [−clip_sample_range, clip_sample_range]."""
         data_half_range = self.config.clip_sample_range if self.config.clip_sample else None
         return analytic_variance(c, lambda_sq, data_half_range)
 
     def _log_variance(self, c: Coefficients, variance_output: torch.Tensor | None) -> torch.Tensor:
-        """log σ_t² of p(x_prev | x_t) for the configured variance type (MATH.md §4)."""
+        """log σ_t² of p(x_prev | x_t) for the configured variance type (docs/math.md §4)."""
         kind = self.config.variance_type
         if kind == "learned":  # the network outputs log σ²
             return variance_output
@@ -420,7 +420,7 @@ class DiffusionScheduler(SchedulerMixin, ConfigMixin):
 
     @staticmethod
     def _posterior_mean(x0: torch.Tensor, x_t: torch.Tensor, c: Coefficients) -> torch.Tensor:
-        """μ̃_t(x_t, x_0) = c0 x_0 + ct x_t (MATH.md §2)."""
+        """μ̃_t(x_t, x_0) = c0 x_0 + ct x_t (docs/math.md §2)."""
         return torch.addcmul(c.posterior_mean_coef_xt * x_t, c.posterior_mean_coef_x0, x0)
 
     def p_mean_variance(
@@ -432,11 +432,11 @@ class DiffusionScheduler(SchedulerMixin, ConfigMixin):
         clip: bool | None = None,
         respaced: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """p_θ(x_{t−1} | x_t) = N(μ_θ, σ_t² I) over the full T-step chain (MATH.md §3–4)
+        """p_θ(x_{t−1} | x_t) = N(μ_θ, σ_t² I) over the full T-step chain (docs/math.md §3–4)
         → (mean, variance, log_variance, pred_x0); t: int, 0-d or (B,).
 
         clip: whether x̂_0 is clipped; None follows the config's clip_sample (training
-            passes False, MATH.md §5). respaced: as in `q_posterior`.
+            passes False, docs/math.md §5). respaced: as in `q_posterior`.
         """
         c = self._coefficients("sample" if respaced else "train", t, x_t)
         mean, log_variance, x0 = self._p_mean_variance(c, model_output, x_t, clip)
@@ -444,7 +444,7 @@ class DiffusionScheduler(SchedulerMixin, ConfigMixin):
         return mean, log_variance.exp(), log_variance, x0
 
     def predict_epsilon(self, model_output: torch.Tensor, x_t: torch.Tensor, t: Any) -> torch.Tensor:
-        """ε̂ from the model's output in the configured parameterisation (MATH.md §3), unclipped,
+        """ε̂ from the model's output in the configured parameterisation (docs/math.md §3), unclipped,
         over the full T-step chain; a learned variance's channels are set aside."""
         c = self._coefficients("train", t, x_t)
         prediction, _ = self.split_model_output(model_output, x_t)

@@ -1,4 +1,4 @@
-"""DDIM (Song et al. 2021, eq. 12; MATH.md §4)."""
+"""DDIM (Song et al. 2021, eq. 12; docs/math.md §4)."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ class DDIMScheduler(DiffusionScheduler):
     ) -> DDIMSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
         """One DDIM step from x_t = `sample` (Song et al. 2021, eq. 12).
 
-        ε̂ is the model's own noise prediction (MATH.md §3); with
+        ε̂ is the model's own noise prediction (docs/math.md §3); with
         `use_clipped_model_output` it is recomputed from the clipped x̂_0.
         """
         eta = self.config.eta if eta is None else eta
@@ -84,7 +84,7 @@ class DDIMScheduler(DiffusionScheduler):
         variance = eta**2 * c.posterior_variance  # σ² = η² (1−ᾱ_{t−1})/(1−ᾱ_t) (1 − ᾱ_t/ᾱ_{t−1})
         direction = (c.one_minus_alpha_bar_prev - variance).clamp(min=0).sqrt()  # √(1 − ᾱ_{t−1} − σ²)
         prev_sample = torch.addcmul(c.sqrt_alpha_bar_prev * x0, direction, eps)
-        if self.config.variance_type == "analytic":  # Analytic-DDIM: σ*² for λ² = σ² (MATH.md §8)
+        if self.config.variance_type == "analytic":  # Analytic-DDIM: σ*² for λ² = σ² (docs/math.md §8)
             std = c.is_not_last * self._analytic_variance(c, variance).sqrt()
             prev_sample = torch.addcmul(prev_sample, std, noise_like(sample, generator))
         elif eta > 0:

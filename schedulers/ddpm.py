@@ -1,4 +1,4 @@
-"""DDPM's ancestral sampler (Ho et al. 2020, Algorithm 2; MATH.md §4)."""
+"""DDPM's ancestral sampler (Ho et al. 2020, Algorithm 2; docs/math.md §4)."""
 
 from __future__ import annotations
 
@@ -20,16 +20,16 @@ class DDPMScheduler(DiffusionScheduler):
         num_train_timesteps: T, the number of diffusion steps the model was trained with.
         beta_start, beta_end: the ends of the linear, scaled_linear and sigmoid schedules.
         beta_schedule: "linear", "scaled_linear", "cosine" (saved as diffusers'
-            "squaredcos_cap_v2"), "squaredcos_cap_v2" or "sigmoid" (MATH.md §1).
+            "squaredcos_cap_v2"), "squaredcos_cap_v2" or "sigmoid" (docs/math.md §1).
         trained_betas: explicit β_1..β_T, each in (0, 1); overrides the schedule.
         variance_type: σ_t² = β̃_t ("fixed_small", "fixed_small_log"), β_t ("fixed_large",
             "fixed_large_log"; β̃_2 at the first step, as Ho et al.'s code), from the
             network: log σ² ("learned") or iDDPM's interpolation ("learned_range"), where
             the model outputs twice the channels, or Analytic-DPM's optimal variance of a
-            trained model ("analytic", Bao et al. 2022; MATH.md §8).
+            trained model ("analytic", Bao et al. 2022; docs/math.md §8).
         clip_sample: clip x̂_0 to [−clip_sample_range, clip_sample_range].
         prediction_type: what the network predicts: "epsilon", "sample" (x_0),
-            "v_prediction" or "posterior_mean" (μ̃ itself) (MATH.md §3).
+            "v_prediction" or "posterior_mean" (μ̃ itself) (docs/math.md §3).
         timestep_spacing: how `set_timesteps(n)` picks n of the T steps: "leading",
             "trailing" or "linspace" (Lin et al. 2023, Table 2).
         steps_offset: added to "leading" timesteps, as in diffusers.
@@ -75,7 +75,7 @@ class DDPMScheduler(DiffusionScheduler):
         generator: torch.Generator | list[torch.Generator] | None = None,
         return_dict: bool = True,
     ) -> DDPMSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
-        """x_{t−1} ~ N(μ_θ(x_t, t), σ_t² I) from x_t = `sample` at `timestep` (MATH.md §4).
+        """x_{t−1} ~ N(μ_θ(x_t, t), σ_t² I) from x_t = `sample` at `timestep` (docs/math.md §4).
 
         The mean is μ̃_t(x_t, x̂_0) with x̂_0 from the model output (clipped if configured);
         no noise is added at the chain's last step. Returns `.prev_sample` and

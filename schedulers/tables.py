@@ -1,13 +1,13 @@
-"""The β/ᾱ math of MATH.md §1, §2 and §4, computed once in float64.
+"""The β/ᾱ math of docs/math.md §1, §2 and §4, computed once in float64.
 
 Everything a scheduler needs at a timestep is one row of a *chain table*: a float64
 tensor of shape (T, len(COLUMNS)) whose row t holds the coefficients of the reverse step
 that starts at train timestep t and ends at the next timestep of the chain. The full
-chain (every train timestep) serves training and likelihood; a respaced chain (MATH.md
+chain (every train timestep) serves training and likelihood; a respaced chain (docs/math.md
 §4, "fewer steps") serves sampling. Rows of timesteps outside the chain are NaN, so a
 step from a timestep the chain does not hold cannot pass unnoticed.
 
-Code index t runs 0..T-1; paper step is t + 1 (MATH.md, header).
+Code index t runs 0..T-1; paper step is t + 1 (docs/math.md, "Notation and conventions").
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ import torch
 BetaSchedule = Literal["linear", "scaled_linear", "cosine", "squaredcos_cap_v2", "sigmoid"]
 BETA_SCHEDULES: tuple[str, ...] = get_args(BetaSchedule)
 
-# iDDPM's cap on the cosine schedule's β (MATH.md §1).
+# iDDPM's cap on the cosine schedule's β (docs/math.md §1).
 COSINE_MAX_BETA = 0.999
 COSINE_OFFSET = 0.008
 
 
 def make_betas(schedule: str, num_train_timesteps: int, beta_start: float, beta_end: float) -> torch.Tensor:
-    """β_1..β_T of a named schedule (MATH.md §1), float64, shape (T,)."""
+    """β_1..β_T of a named schedule (docs/math.md §1), float64, shape (T,)."""
     T = num_train_timesteps
     if schedule == "linear":  # DDPM: β linear from beta_start to beta_end
         return torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
@@ -48,7 +48,7 @@ def make_betas(schedule: str, num_train_timesteps: int, beta_start: float, beta_
 
 
 def log_alphas_cumprod(betas: torch.Tensor) -> torch.Tensor:
-    """log ᾱ_t = Σ_{s≤t} log(1 − β_s) (MATH.md §1), float64, shape (T,)."""
+    """log ᾱ_t = Σ_{s≤t} log(1 − β_s) (docs/math.md §1), float64, shape (T,)."""
     return torch.cumsum(torch.log1p(-betas.to(torch.float64)), dim=0)
 
 
@@ -86,7 +86,7 @@ def chain_table(
 ) -> torch.Tensor:
     """The chain table (module docstring) for descending train `timesteps`, float64.
 
-    Respacing (MATH.md §4): ᾱ is kept at the chain's timesteps and
+    Respacing (docs/math.md §4): ᾱ is kept at the chain's timesteps and
     β'_i = 1 − ᾱ_{S_i}/ᾱ_{S_{i+1}}; after the last one comes ᾱ_prev = `final_alpha_bar`
     (ᾱ_0 = 1 in the papers). For the full chain β' is β, to float64 rounding. `gamma`:
     Analytic-DPM's Γ at every train timestep (T,), or None.
@@ -107,7 +107,7 @@ def chain_table(
     post_c0 = alpha_bar_prev.sqrt() * beta / one_minus_ab
     post_ct = (0.5 * log_alpha).exp() * one_minus_ab_prev / one_minus_ab
     # β̃ is 0 at the last step when ᾱ_prev = 1; like iDDPM, use the previous row's β̃ in
-    # its log (MATH.md §2), a variance that only a decoder reads, never the sampler. A
+    # its log (docs/math.md §2), a variance that only a decoder reads, never the sampler. A
     # one-step chain has no previous row: there β' stands in.
     clipped = post_var.clone()
     clipped[-1] = post_var[-2] if len(S) > 1 else beta[-1]
@@ -115,7 +115,7 @@ def chain_table(
 
     # fixed_large: σ² = β'_t, but at the chain's last step (a decoder's variance, since no
     # noise is added there) the same stand-in as above, as Ho et al.'s code and iDDPM do
-    # (MATH.md §4), so that bits/dim compare with the papers'.
+    # (docs/math.md §4), so that bits/dim compare with the papers'.
     large_logvar = beta.log()
     large_logvar[-1] = post_logvar[-1]
 
@@ -147,7 +147,7 @@ def chain_table(
 def analytic_variance(
     c: Coefficients, lambda_sq: torch.Tensor, data_half_range: float | None
 ) -> torch.Tensor:
-    """Analytic-DPM's optimal reverse variance (MATH.md §8; Bao et al. 2022, Theorems 1–2):
+    """Analytic-DPM's optimal reverse variance (docs/math.md §8; Bao et al. 2022, Theorems 1–2):
 
         σ*² = λ² + (√(β̄_t/α'_t) − √(β̄_prev − λ²))² · (1 − Γ_t),
 

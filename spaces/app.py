@@ -5,12 +5,12 @@
 Four tabs, each an API endpoint (`gradio_client.Client(url).predict(..., api_name="/generate")`):
 - Generate ("/generate"): samples of a model with DDPM (respaced to fewer steps) or DDIM, the
   denoising trajectory as a strip of frames (x_t and the predicted x_0) and as a GIF.
-- The picture of MATH.md §7 (Sohl-Dickstein et al. 2015, Fig. 1) from the shipped Swiss-roll
+- The picture of docs/math.md §7 (Sohl-Dickstein et al. 2015, Fig. 1) from the shipped Swiss-roll
   model ("/figure"): slices of the forward trajectory q(x_t), of the reverse one p(x_t), and
   the drift f_θ(x_t, t) − x_t of the reverse step as arrows.
-- Schedules ("/schedules"): β_t, ᾱ_t, SNR(t) and the posterior variance β̃_t (MATH.md §1–2).
+- Schedules ("/schedules"): β_t, ᾱ_t, SNR(t) and the posterior variance β̃_t (docs/math.md §1–2).
 - Likelihood ("/likelihood", "/digit"): the per-timestep terms of the variational bound
-  (MATH.md §5) for one held-out digit, and its bits/dim.
+  (docs/math.md §5) for one held-out digit, and its bits/dim.
 
 The models are the ones that ship with the package and those named with --model (a local
 pipeline folder or a Hub repo id), all loaded at start; the page can only choose among them
@@ -68,7 +68,7 @@ GIF_FRAMES = 40
 STRIP_FRAMES = 8
 STRIP_SAMPLES = 16
 KEEP_OUTPUTS = 64  # the newest outputs kept on disk; gradio has copied older ones to its cache
-# The picture of MATH.md §7: slices at t = 0 (the data) and these fractions of T.
+# The picture of docs/math.md §7: slices at t = 0 (the data) and these fractions of T.
 FIGURE_TIMES = (0.1, 0.25, 0.5, 1.0)
 FIGURE_LIMIT = 2.5  # the axes span [−2.5, 2.5]²
 DRIFT_GRID = 17  # arrows on a 17 × 17 grid
@@ -270,7 +270,7 @@ class Demo:
         batch = min(most, 500 if makes_points(pipe.unet) else 16)
         return gr.Slider(maximum=T, value=min(50, T)), gr.Slider(maximum=most, value=batch)
 
-    # ---- The picture of MATH.md §7 -------------------------------------------------------------------
+    # ---- The picture of docs/math.md §7 -------------------------------------------------------------------
 
     def figure(
         self,
@@ -295,7 +295,8 @@ class Demo:
         scheduler = DDPMScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
         scheduler.set_timesteps(steps)
         chain = scheduler.timesteps.tolist()  # descending train timesteps
-        # MATH.md's header: code index i is paper step t = i + 1, so the slice at t is at i = t − 1.
+        # Code index i is paper step t = i + 1 (docs/math.md, "Notation and conventions"), so the
+        # slice at t is at i = t − 1.
         wanted = [round(f * T) - 1 for f in FIGURE_TIMES]
         positions = [min(range(len(chain)), key=lambda k, i=i: abs(chain[k] - i)) for i in wanted]
         sampler = DDPMPipeline(unet=pipe.unet, scheduler=scheduler)
@@ -317,7 +318,7 @@ class Demo:
         reverse = [out.images] + [kept[i] for i in codes]  # (N, 2) each: x_0, then x_t
 
         data = load_dataset("swiss-roll", "test", num_samples=num_points, seed=seed)  # (N, 2)
-        forward = [data] + [  # x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε (MATH.md §1)
+        forward = [data] + [  # x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε (docs/math.md §1)
             scheduler.add_noise(data, torch.randn(data.shape, generator=generator), i) for i in codes
         ]
 
@@ -327,7 +328,7 @@ class Demo:
         with torch.no_grad():
             for i in [0, *codes]:  # the drift at t = 0 is that of the decoder step p(x_0 | x_1)
                 t = torch.full((len(grid),), i, dtype=torch.long)
-                # f_θ(x_t, t) = μ_θ(x_t, t), the mean of p(x_{t−1} | x_t) (MATH.md §4)
+                # f_θ(x_t, t) = μ_θ(x_t, t), the mean of p(x_{t−1} | x_t) (docs/math.md §4)
                 mean = scheduler.p_mean_variance(pipe.unet(grid, t).sample, grid, t)[0]
                 drifts.append(mean - grid)  # (G², 2)
 
@@ -358,7 +359,7 @@ class Demo:
     # ---- Schedules -----------------------------------------------------------------------------------
 
     def schedules(self, num_train_timesteps: float, beta_start: float, beta_end: float) -> Figure:
-        """β_t, ᾱ_t, SNR(t) and β̃_t of each β schedule (MATH.md §1–2) over t/T, side by side."""
+        """β_t, ᾱ_t, SNR(t) and β̃_t of each β schedule (docs/math.md §1–2) over t/T, side by side."""
         T = whole("T", num_train_timesteps, 2, MAX_SCHEDULE_STEPS)
         beta_start = number("β_start", beta_start, 1e-6, 0.5)
         beta_end = number("β_end", beta_end, 1e-6, 0.5)
@@ -371,9 +372,9 @@ class Demo:
             except ValueError as error:  # the library's message names the bad value
                 raise user_error(str(error)) from error
             alpha_bar = scheduler.alphas_cumprod  # (T,) float64
-            snr = alpha_bar / (1 - alpha_bar)  # SNR(t) = ᾱ_t / (1 − ᾱ_t) (MATH.md §1)
+            snr = alpha_bar / (1 - alpha_bar)  # SNR(t) = ᾱ_t / (1 − ᾱ_t) (docs/math.md §1)
             zeros = torch.zeros(T, 1, dtype=torch.float64)
-            posterior_variance = scheduler.q_posterior(zeros, zeros, t)[1][:, 0]  # β̃_t (MATH.md §2)
+            posterior_variance = scheduler.q_posterior(zeros, zeros, t)[1][:, 0]  # β̃_t (docs/math.md §2)
             x = (t + 1).numpy() / T  # paper step t/T
             label = name + (" (ignores β_start, β_end)" if name == "cosine" else "")
             for ax, values in zip(axes, (scheduler.betas, alpha_bar, snr, posterior_variance), strict=True):
@@ -406,7 +407,7 @@ class Demo:
         seed: float,
         progress: gr.Progress = gr.Progress(),  # noqa: B008
     ) -> tuple[str, float, str]:
-        """The T terms of L_vlb (MATH.md §5) of held-out digit `index` under `model`: the path
+        """The T terms of L_vlb (docs/math.md §5) of held-out digit `index` under `model`: the path
         of their plot (iDDPM Fig. 2), the bound in bits/dim and its parts."""
         pipe = self.model(model, self.digit_models)
         if not isinstance(pipe.scheduler, DiffusionScheduler):

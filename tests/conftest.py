@@ -1,5 +1,5 @@
 """Shared test helpers: the option lists of DESIGN.md and the Gaussian-data oracle of
-MATH.md §6."""
+docs/math.md §6."""
 
 from __future__ import annotations
 
@@ -77,10 +77,10 @@ TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 
 
 class GaussianOracle:
-    """The optimal model for data x_0 ~ N(m, s² I) (MATH.md §6), in any parameterisation.
+    """The optimal model for data x_0 ~ N(m, s² I) (docs/math.md §6), in any parameterisation.
 
     E[ε | x_t] = √(1−ᾱ_t) (x_t − √ᾱ_t m) / (ᾱ_t s² + 1 − ᾱ_t); the other outputs follow
-    from MATH.md §3 with ᾱ_{t−1} from `alphas_cumprod` (full T-step chain).
+    from docs/math.md §3 with ᾱ_{t−1} from `alphas_cumprod` (full T-step chain).
     """
 
     def __init__(self, alphas_cumprod: torch.Tensor, m, s, prediction_type: str = "epsilon"):
@@ -103,7 +103,7 @@ class GaussianOracle:
             out = x0
         elif self.prediction_type == "v_prediction":
             out = a.sqrt() * eps - (1 - a).sqrt() * x0
-        else:  # posterior_mean, MATH.md §2
+        else:  # posterior_mean, docs/math.md §2
             beta = 1 - a / a_prev
             out = a_prev.sqrt() * beta / (1 - a) * x0 + (1 - beta).sqrt() * (1 - a_prev) / (1 - a) * x
         return out.to(x_t.dtype)

@@ -1,4 +1,4 @@
-"""The math against analytic truth (MATH.md §6 and §2, §5): Gaussian data, where every
+"""The math against analytic truth (docs/math.md §6 and §2, §5): Gaussian data, where every
 quantity has a closed form."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def _sample(scheduler, model, x_T, generator):
 @pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
 @pytest.mark.parametrize("variance_type", ["fixed_small", "fixed_large"])
 def test_oracle_sampling_recovers_gaussian_data(prediction_type, variance_type):
-    """MATH.md §6: sampling with the oracle gives the data's mean and std within 1%.
+    """docs/math.md §6: sampling with the oracle gives the data's mean and std within 1%.
 
     At s = 1 and 1.5 the 1000-step sampler's own bias is below 0.4% (its exact variance
     recursion gives std ratios 0.9955/0.9965 for fixed_small, 1.0000/0.9993 for
@@ -73,7 +73,7 @@ def test_ddim_eta0_is_the_exact_linear_recursion(num_inference_steps):
 
 
 def test_ddim_eta1_is_the_ddpm_fixed_small_step():
-    """σ = η √β̃_t: at η = 1 DDIM's step is DDPM's fixed_small step (MATH.md §4)."""
+    """σ = η √β̃_t: at η = 1 DDIM's step is DDPM's fixed_small step (docs/math.md §4)."""
     kw = dict(clip_sample=False, prediction_type="epsilon")
     ddpm, ddim = DDPMScheduler(variance_type="fixed_small", **kw), DDIMScheduler(eta=1.0, **kw)
     for s in (ddpm, ddim):
@@ -141,7 +141,7 @@ def _expected_vlb(scheduler, m, s):
 def _decoder_variance_penalty(scheduler, s, variance):
     """How much a decoder of variance σ² adds, in nats/dim, over the ideal one for data
     N(m, s²) and the oracle mean E[x_0 | x_1]: KL(N(0, V) ‖ N(0, σ²)), V = Var(x_0 | x_1) =
-    s² (1 − ᾱ_1)/(ᾱ_1 s² + 1 − ᾱ_1) (MATH.md §6)."""
+    s² (1 − ᾱ_1)/(ᾱ_1 s² + 1 − ᾱ_1) (docs/math.md §6)."""
     a = scheduler.alphas_cumprod[0].item()
     v = s * s * (1 - a) / (a * s * s + 1 - a)
     return 0.5 * (math.log(variance / v) + v / variance - 1)
@@ -149,9 +149,9 @@ def _decoder_variance_penalty(scheduler, s, variance):
 
 @pytest.mark.parametrize("s", [0.1, 0.3, 0.5, 1.0])
 def test_oracle_vlb_bounds_the_exact_nll_tightly_with_fixed_large(s):
-    """MATH.md §6: L_vlb ≥ −log p(x_0), and with fixed_large the terms t ≥ 2 are within
+    """docs/math.md §6: L_vlb ≥ −log p(x_0), and with fixed_large the terms t ≥ 2 are within
     0.02 nats/dim of the exact NLL ½ log(2πe s²) (exactly on it at s = 1): the rest of the
-    gap is the decoder's, whose variance is β̃_2 as in Ho et al.'s code (MATH.md §4)."""
+    gap is the decoder's, whose variance is β̃_2 as in Ho et al.'s code (docs/math.md §4)."""
     scheduler = DDPMScheduler(variance_type="fixed_large", clip_sample=False)
     exact_nll = 0.5 * math.log(2 * math.pi * math.e * s * s)
     gap = _expected_vlb(scheduler, 0.3, s) - exact_nll
@@ -197,7 +197,7 @@ def test_vlb_terms_estimates_the_bound_by_sampling():
 
 @pytest.mark.parametrize("t", [1, 10, 500, 999])
 def test_posterior_matches_bayes_rule_by_sampling(t):
-    """MATH.md §2: draw x_{t−1} ~ q(x_{t−1} | x_0) then x_t ~ q(x_t | x_{t−1}); given x_t, x_{t−1}
+    """docs/math.md §2: draw x_{t−1} ~ q(x_{t−1} | x_0) then x_t ~ q(x_t | x_{t−1}); given x_t, x_{t−1}
     must be N(μ̃_t(x_t, x_0), β̃_t): residuals with mean 0, variance β̃_t, uncorrelated with x_t."""
     scheduler = DDPMScheduler()
     ab, betas = scheduler.alphas_cumprod, scheduler.betas

@@ -1,4 +1,4 @@
-"""Analytic-DPM (MATH.md §8; Bao et al. 2022) against analytic truth: on Gaussian data the exact
+"""Analytic-DPM (docs/math.md §8; Bao et al. 2022) against analytic truth: on Gaussian data the exact
 Γ_t and the exact reverse conditionals are known, so the optimal variance is too."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ M, S = 0.3, 0.5  # the data: x_0 ~ N(M, S²) in every dimension
 
 
 def exact_gamma(alphas_cumprod: torch.Tensor, s: float = S) -> torch.Tensor:
-    """Γ_t = E‖E[ε | x_t]‖²/d = (1 − ᾱ_t)/(ᾱ_t s² + 1 − ᾱ_t) (MATH.md §6), (T,)."""
+    """Γ_t = E‖E[ε | x_t]‖²/d = (1 − ᾱ_t)/(ᾱ_t s² + 1 − ᾱ_t) (docs/math.md §6), (T,)."""
     return (1 - alphas_cumprod) / (alphas_cumprod * s * s + 1 - alphas_cumprod)
 
 

@@ -15,7 +15,7 @@ import scipy.stats
 import torch
 import torch.nn.functional as F
 from conftest import GaussianOracle
-from test_analytic import _expected_vlb  # the exact expected bound for Gaussian data (MATH.md §6)
+from test_analytic import _expected_vlb  # the exact expected bound for Gaussian data (docs/math.md §6)
 from transformers import Dinov2Config, Dinov2Model
 
 from ddpm_pipelines import DDPMPipeline, MLPModel, UNetModel
@@ -277,8 +277,8 @@ def _gaussian_setup(variance_type="fixed_large", T=100):
 
 
 def test_nll_of_the_gaussian_oracle_bounds_the_exact_nll_and_matches_the_exact_bound():
-    """MATH.md §6 with T = 100: the oracle's bound lies 0.065 nats (0.094 bits) per dimension
-    above the exact NLL ½ log(2πe s²), most of it the fixed_large decoder's β̃_2 (MATH.md §4);
+    """docs/math.md §6 with T = 100: the oracle's bound lies 0.065 nats (0.094 bits) per dimension
+    above the exact NLL ½ log(2πe s²), most of it the fixed_large decoder's β̃_2 (docs/math.md §4);
     the estimate from 40,000 points agrees with the exact expected bound within 4 standard
     errors, and does not fall below the exact NLL."""
     m, s = 0.3, 0.5

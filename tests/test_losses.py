@@ -1,4 +1,4 @@
-"""The training losses of MATH.md §5 for every prediction and variance type."""
+"""The training losses of docs/math.md §5 for every prediction and variance type."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def test_simple_loss_is_zero_for_the_exact_target_and_positive_otherwise(predict
 @pytest.mark.parametrize("variance_type", ["fixed_small", "fixed_large"])
 def test_vlb_loss_with_the_exact_mean_is_the_variance_mismatch(prediction_type, variance_type):
     """With μ_θ = μ̃ exactly, L_t = KL(N(μ̃, β̃) ‖ N(μ̃, σ²)) = ½(log(σ²/β̃) + β̃/σ² − 1) per dim
-    (MATH.md §5): 0 for fixed_small, positive for fixed_large. The loss is T · L_t in bits/dim."""
+    (docs/math.md §5): 0 for fixed_small, positive for fixed_large. The loss is T · L_t in bits/dim."""
     scheduler = DDPMScheduler(prediction_type=prediction_type, variance_type=variance_type, clip_sample=False)
     x0, noise, t = _batch(1)
     loss = training_losses(_perfect_model(scheduler, x0, noise), scheduler, x0, "vlb", t=t, noise=noise)
@@ -85,7 +85,7 @@ def test_vlb_loss_at_t0_is_the_decoder_nll():
     x0 = torch.round((x0 + 1) * 127.5) / 127.5 - 1  # on the 8-bit grid
     t = torch.zeros(16, dtype=torch.long)
     loss = training_losses(_perfect_model(scheduler, x0, noise), scheduler, x0, "vlb", t=t, noise=noise)
-    # μ_θ = x_0 exactly, σ² = β̃_2 (fixed_large at t = 1, as Ho et al.'s code; MATH.md §4):
+    # μ_θ = x_0 exactly, σ² = β̃_2 (fixed_large at t = 1, as Ho et al.'s code; docs/math.md §4):
     # each interior pixel's bin holds P(|z| < (1/255)/σ).
     beta2_tilde = (scheduler.betas[0] / (1 - scheduler.alphas_cumprod[1]) * scheduler.betas[1]).item()
     p_bin = math.erf((1 / 255) / math.sqrt(2 * beta2_tilde))
@@ -182,7 +182,7 @@ def _reference_bits_per_dim_fixed_large(eps_model, x0, noises):
     """L_vlb in bits/dim per example as Ho et al.'s diffusion_utils_2.py and improved-diffusion's
     GaussianDiffusion compute it for fixed_large, written here in numpy from their formulas:
     the model's log variance is log(append(posterior_variance[1], betas[1:])), so β̃_2 at the
-    first step (MATH.md §4); their exact-CDF equivalent of the discretised decoder (scipy)."""
+    first step (docs/math.md §4); their exact-CDF equivalent of the discretised decoder (scipy)."""
     from scipy.stats import norm
 
     betas = np.linspace(1e-4, 0.02, T)
@@ -238,7 +238,7 @@ def test_fixed_large_bits_per_dim_equal_ho_et_al_convention():
 
 
 def test_training_losses_never_clip_and_the_gradient_reaches_every_element():
-    """With clip_sample on, the L_vlb term of training is still the unclipped one (MATH.md §5),
+    """With clip_sample on, the L_vlb term of training is still the unclipped one (docs/math.md §5),
     so an element whose x̂_0 lies outside [−1, 1] gets a gradient."""
     scheduler = DDPMScheduler(prediction_type="sample", variance_type="fixed_small", clip_sample=True)
     x0 = torch.zeros(1, 1, 2, 2, dtype=torch.float64)

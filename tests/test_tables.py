@@ -1,4 +1,4 @@
-"""The float64 tables against a reference written here from MATH.md §1–2 in 40-digit
+"""The float64 tables against a reference written here from docs/math.md §1–2 in 40-digit
 arithmetic (mpmath): every table to 1e-12 relative."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ RTOL = 1e-12
 
 
 def reference_betas(schedule: str, n: int = T, start: float = 1e-4, end: float = 0.02) -> list:
-    """MATH.md §1, in mpmath."""
+    """docs/math.md §1, in mpmath."""
     if schedule == "linear":
         return [mp.mpf(start) + (mp.mpf(end) - start) * i / (n - 1) for i in range(n)]
     if schedule == "scaled_linear":
@@ -32,7 +32,7 @@ def reference_betas(schedule: str, n: int = T, start: float = 1e-4, end: float =
 
 
 def reference_chain(betas: list, chain: list[int]) -> dict[str, list]:
-    """ᾱ, β', β̃' and μ̃'s coefficients along a descending chain (MATH.md §1, §2, §4)."""
+    """ᾱ, β', β̃' and μ̃'s coefficients along a descending chain (docs/math.md §1, §2, §4)."""
     alpha_bar, acc = [], mp.mpf(1)
     for b in betas:
         acc *= 1 - b
@@ -104,9 +104,11 @@ def test_reverse_variances(variance_type):
     t = torch.arange(T - 1, -1, -1)
     x = torch.zeros(T, 1, dtype=torch.float64)
     _, variance, log_variance, _ = scheduler.p_mean_variance(x, x, t)
-    if variance_type.startswith("fixed_large"):  # σ² = β_t, but β̃_2 at t = 1 as Ho et al.'s code (MATH.md §4)
+    if variance_type.startswith(
+        "fixed_large"
+    ):  # σ² = β_t, but β̃_2 at t = 1 as Ho et al.'s code (docs/math.md §4)
         expected = [*ref["beta"][:-1], ref["post_var"][-2]]
-    else:  # σ² = β̃_t, with β̃_2 standing in for β̃_1 = 0 (MATH.md §2)
+    else:  # σ² = β̃_t, with β̃_2 standing in for β̃_1 = 0 (docs/math.md §2)
         expected = [*ref["post_var"][:-1], ref["post_var"][-2]]
     assert_close(variance[:, 0], expected)
     assert_close(log_variance[:, 0], [mp.log(v) for v in expected])
@@ -117,7 +119,7 @@ def test_reverse_variances(variance_type):
 )
 @pytest.mark.parametrize("variance_type", ["fixed_small", "fixed_large"])
 def test_respaced_step(spacing, n, variance_type):
-    """Respacing (MATH.md §4): β'_i = 1 − ᾱ_{S_i}/ᾱ_{S_{i+1}}; x_prev = μ̃'(x_t, x_0) + σ' z, no
+    """Respacing (docs/math.md §4): β'_i = 1 − ᾱ_{S_i}/ᾱ_{S_{i+1}}; x_prev = μ̃'(x_t, x_0) + σ' z, no
     noise at the chain's last step. Read off from `step` with prediction_type="sample"."""
     scheduler = DDPMScheduler(
         timestep_spacing=spacing, prediction_type="sample", clip_sample=False, variance_type=variance_type

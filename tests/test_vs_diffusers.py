@@ -123,7 +123,7 @@ def test_steps_offset_matches():
 
 
 def test_learned_is_log_variance_where_diffusers_takes_the_variance():
-    """MATH.md §4: "learned" outputs log σ² (iDDPM); diffusers reads that channel as σ²
+    """docs/math.md §4: "learned" outputs log σ² (iDDPM); diffusers reads that channel as σ²
     itself, so ours with output L matches diffusers with output e^L."""
     ours, theirs = DDPMScheduler(variance_type="learned"), diffusers.DDPMScheduler(variance_type="learned")
 
@@ -152,7 +152,7 @@ def test_fixed_large_log_is_fixed_large_where_diffusers_returns_nan():
 
 @pytest.mark.parametrize("variance_type", ["fixed_large", "learned_range"])
 def test_no_noise_at_the_last_step_of_a_trailing_chain(variance_type):
-    """MATH.md §4: no noise at the final step, whatever the spacing. With trailing spacing
+    """docs/math.md §4: no noise at the final step, whatever the spacing. With trailing spacing
     the last timestep is not 0, and diffusers adds noise there."""
     kw = dict(variance_type=variance_type, timestep_spacing="trailing", clip_sample=False)
     ours, theirs = DDPMScheduler(**kw), diffusers.DDPMScheduler(**kw)
