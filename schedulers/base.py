@@ -41,11 +41,11 @@ PREDICTION_TYPES: tuple[str, ...] = get_args(PredictionType)
 TIMESTEP_SPACINGS: tuple[str, ...] = get_args(TimestepSpacing)
 LEARNED_VARIANCES = ("learned", "learned_range")
 
-# diffusers options these schedulers do not implement, with the value that means "off".
-# A config that turns one on is refused rather than silently run without it.
+# diffusers options the constructors accept, so that diffusers' configs and code load, but
+# do not implement: each with the value that means "off". Turning one on is refused rather
+# than silently run without it. (diffusers' dynamic_thresholding_ratio and sample_max_value
+# act only with thresholding on, so any value of theirs is off.)
 UNSUPPORTED_DIFFUSERS_OPTIONS: dict[str, Any] = {"thresholding": False, "rescale_betas_zero_snr": False}
-# diffusers options that only matter when one of those is on.
-IGNORED_DIFFUSERS_OPTIONS = ("dynamic_thresholding_ratio", "sample_max_value")
 
 
 def noise_like(
@@ -91,8 +91,18 @@ class DiffusionScheduler(SchedulerMixin, ConfigMixin):
         timestep_spacing: str,
         steps_offset: int,
         analytic_gamma: Sequence[float] | np.ndarray | torch.Tensor | None,
+        *,
+        thresholding: bool,
+        rescale_betas_zero_snr: bool,
     ) -> None:
         """Validate the options and build the float64 tables (docs/math.md §1–2)."""
+        given = {"thresholding": thresholding, "rescale_betas_zero_snr": rescale_betas_zero_snr}
+        for key, off in UNSUPPORTED_DIFFUSERS_OPTIONS.items():
+            if given[key] != off:
+                raise ValueError(
+                    f"{key}={given[key]!r} is a diffusers option that {type(self).__name__} does not "
+                    f"implement; allowed: {off!r}"
+                )
         check_choice("variance_type", variance_type, VARIANCE_TYPES)
         check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
         check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
@@ -458,21 +468,6 @@ class DiffusionScheduler(SchedulerMixin, ConfigMixin):
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
-
-    @classmethod
-    def extract_init_dict(cls, config_dict: dict[str, Any], **kwargs: Any):
-        """Read a diffusers config, refusing the diffusers options we do not implement."""
-        merged = {**config_dict, **kwargs}
-        for key, off in UNSUPPORTED_DIFFUSERS_OPTIONS.items():
-            if key in merged and merged[key] != off:
-                raise ValueError(
-                    f"{key}={merged[key]!r} is a diffusers option that {cls.__name__} does not "
-                    f"implement; allowed: {off!r}"
-                )
-        dropped = set(UNSUPPORTED_DIFFUSERS_OPTIONS) | set(IGNORED_DIFFUSERS_OPTIONS)
-        config_dict = {k: v for k, v in config_dict.items() if k not in dropped}
-        kwargs = {k: v for k, v in kwargs.items() if k not in dropped}
-        return super().extract_init_dict(config_dict, **kwargs)
 
     def save_config(
         self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any

@@ -19,7 +19,9 @@ class DDIMScheduler(DiffusionScheduler):
 
     Takes DDPMScheduler's arguments (a learned variance's channels are split off and
     ignored; variance_type="analytic" makes the noise Analytic-DDIM's optimal σ* for the
-    step's η, Bao et al. 2022, added at every step but the last) and:
+    step's η, Bao et al. 2022, added at every step but the last; diffusers' thresholding,
+    dynamic_thresholding_ratio, sample_max_value and rescale_betas_zero_snr are accepted
+    for diffusers' configs, only the off value allowed) and:
         eta: the default η in [0, 1]; `step(..., eta=...)` overrides it, as diffusers'
             DDIMPipeline does.
         set_alpha_to_one: ᾱ after the last step is 1 (True) or ᾱ at timestep 0 (False).
@@ -42,11 +44,17 @@ class DDIMScheduler(DiffusionScheduler):
         set_alpha_to_one: bool = True,
         eta: float = 0.0,
         analytic_gamma: Sequence[float] | None = None,
+        *,
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        sample_max_value: float = 1.0,
+        rescale_betas_zero_snr: bool = False,
     ):
         self._check_eta(eta)
         self._setup(
             num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, variance_type,
             prediction_type, clip_sample_range, timestep_spacing, steps_offset, analytic_gamma,
+            thresholding=thresholding, rescale_betas_zero_snr=rescale_betas_zero_snr,
         )  # fmt: skip
 
     @staticmethod

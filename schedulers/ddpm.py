@@ -37,6 +37,10 @@ class DDPMScheduler(DiffusionScheduler):
             variance_type="analytic"; estimate it with `ddpm_pipelines.analytic.estimate_gamma`.
             With clip_sample on, the analytic variance also uses that the data lie in
             [−clip_sample_range, clip_sample_range].
+        thresholding, dynamic_thresholding_ratio, sample_max_value, rescale_betas_zero_snr:
+            accepted for diffusers' configs; only the off value is allowed (thresholding and
+            rescale_betas_zero_snr False; the other two act only with thresholding on, so
+            any value of theirs is off). Turning one on raises ValueError.
     """
 
     @register_to_config
@@ -54,10 +58,16 @@ class DDPMScheduler(DiffusionScheduler):
         timestep_spacing: TimestepSpacing = "leading",
         steps_offset: int = 0,
         analytic_gamma: Sequence[float] | None = None,
+        *,
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        sample_max_value: float = 1.0,
+        rescale_betas_zero_snr: bool = False,
     ):
         self._setup(
             num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, variance_type,
             prediction_type, clip_sample_range, timestep_spacing, steps_offset, analytic_gamma,
+            thresholding=thresholding, rescale_betas_zero_snr=rescale_betas_zero_snr,
         )  # fmt: skip
 
     def _is_last_step(self, timestep: int | torch.Tensor) -> bool:

@@ -303,6 +303,47 @@ def test_ddim_from_ddpm_config():
     assert "DDIMScheduler" in [c.__name__ for c in ddpm.compatibles]
 
 
+# ---- diffusers' options that ours accepts only "off" ---------------------------------------
+
+DIFFUSERS_OFF_VALUES = {
+    "thresholding": False,
+    "dynamic_thresholding_ratio": 0.9,
+    "sample_max_value": 2.5,
+    "rescale_betas_zero_snr": False,
+}
+
+
+@pytest.mark.parametrize(
+    "cls, theirs_cls",
+    [(DDPMScheduler, diffusers.DDPMScheduler), (DDIMScheduler, diffusers.DDIMScheduler)],
+)
+def test_diffusers_off_values_round_trip(tmp_path, cls, theirs_cls):
+    """scheduler_config.json carries diffusers' thresholding and rescale_betas_zero_snr keys as
+    diffusers' own does; ours → diffusers → ours keeps them and every other key."""
+    ours = cls(num_train_timesteps=100, **DIFFUSERS_OFF_VALUES)
+    ours.save_pretrained(tmp_path / "ours")
+    saved = read_json(tmp_path / "ours")
+    for key, value in DIFFUSERS_OFF_VALUES.items():
+        assert saved[key] == value, key
+
+    theirs = theirs_cls.from_pretrained(tmp_path / "ours")
+    for key, value in DIFFUSERS_OFF_VALUES.items():
+        assert theirs.config[key] == value, key
+    theirs.save_pretrained(tmp_path / "theirs")
+    back = cls.from_pretrained(tmp_path / "theirs")
+    assert type(back) is cls
+    assert public(back.config) == public(ours.config)
+
+    # with the defaults, every key diffusers' own scheduler writes is written, with its value
+    cls().save_pretrained(tmp_path / "ours-default")
+    theirs_cls().save_pretrained(tmp_path / "theirs-default")
+    ours_default, theirs_default = (
+        read_json(tmp_path / "ours-default"),
+        read_json(tmp_path / "theirs-default"),
+    )
+    assert {k: ours_default.get(k) for k in public(theirs_default)} == public(theirs_default)
+
+
 # ---- atomic saving -------------------------------------------------------------------------
 
 

@@ -346,27 +346,55 @@ def test_training_losses_unknown_decoder():
 
 # ---- diffusers options we do not implement -------------------------------------------------
 
+UNIMPLEMENTED = ["thresholding", "rescale_betas_zero_snr"]
+DIFFUSERS_CLASSES = {DDPMScheduler: diffusers.DDPMScheduler, DDIMScheduler: diffusers.DDIMScheduler}
+
+
+def unimplemented(option: str, value, cls) -> str:
+    return names(
+        f"{option}={re.escape(repr(value))}",
+        "diffusers option",
+        cls.__name__,
+        "does not implement",
+        "allowed: False",
+    )
+
 
 @pytest.mark.parametrize("cls", SCHEDULERS)
-@pytest.mark.parametrize("option", ["thresholding", "rescale_betas_zero_snr"])
+@pytest.mark.parametrize("option", UNIMPLEMENTED)
+@pytest.mark.parametrize("value", [True, 1, "yes"])
+def test_constructor_refuses_unimplemented_diffusers_option(cls, option, value):
+    with pytest.raises(ValueError, match=unimplemented(option, value, cls)):
+        make(cls, **{option: value})
+
+
+@pytest.mark.parametrize("cls", SCHEDULERS)
+def test_thresholding_on_is_refused_whatever_its_settings(cls):
+    with pytest.raises(ValueError, match=unimplemented("thresholding", True, cls)):
+        make(cls, thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=2.0)
+
+
+@pytest.mark.parametrize("cls", SCHEDULERS)
+@pytest.mark.parametrize("option", UNIMPLEMENTED)
 def test_from_config_refuses_unimplemented_diffusers_option(cls, option):
-    source = {DDPMScheduler: diffusers.DDPMScheduler, DDIMScheduler: diffusers.DDIMScheduler}[cls]
+    source = DIFFUSERS_CLASSES[cls]
     config = source(num_train_timesteps=T, **{option: True}).config
-    with pytest.raises(ValueError, match=names(f"{option}=True", cls.__name__, "allowed", "False")):
+    with pytest.raises(ValueError, match=unimplemented(option, True, cls)):
         cls.from_config(config)
     # the same option given as a keyword override
     plain = source(num_train_timesteps=T).config
-    with pytest.raises(ValueError, match=names(f"{option}=True", "False")):
+    with pytest.raises(ValueError, match=unimplemented(option, True, cls)):
         cls.from_config(plain, **{option: True})
     # and "off" loads
     assert cls.from_config(plain).config.num_train_timesteps == T
 
 
-@pytest.mark.parametrize("option", ["thresholding", "rescale_betas_zero_snr"])
-def test_from_pretrained_refuses_unimplemented_diffusers_option(tmp_path, option):
-    diffusers.DDPMScheduler(num_train_timesteps=T, **{option: True}).save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match=names(f"{option}=True", "DDPMScheduler", "False")):
-        DDPMScheduler.from_pretrained(tmp_path)
+@pytest.mark.parametrize("cls", SCHEDULERS)
+@pytest.mark.parametrize("option", UNIMPLEMENTED)
+def test_from_pretrained_refuses_unimplemented_diffusers_option(tmp_path, cls, option):
+    DIFFUSERS_CLASSES[cls](num_train_timesteps=T, **{option: True}).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=unimplemented(option, True, cls)):
+        cls.from_pretrained(tmp_path)
 
 
 # ---- the caller's tensors are never changed ------------------------------------------------
