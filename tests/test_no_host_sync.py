@@ -23,10 +23,13 @@ def test_meta_tensors_refuse_host_reads():
             read()
 
 
-@pytest.mark.parametrize("variance_type", ["fixed_small", "fixed_small_log", "fixed_large", "learned_range"])
+@pytest.mark.parametrize(
+    "variance_type", ["fixed_small", "fixed_small_log", "fixed_large", "learned_range", "analytic"]
+)
 @pytest.mark.parametrize("cls", [DDPMScheduler, DDIMScheduler])
 def test_step_never_reads_device_tensors(cls, variance_type):
-    scheduler = cls(variance_type=variance_type, clip_sample=True)
+    gamma = {"analytic_gamma": [0.5] * 1000} if variance_type == "analytic" else {}
+    scheduler = cls(variance_type=variance_type, clip_sample=True, **gamma)
     scheduler.set_timesteps(10, device=META)
     assert scheduler.timesteps.device == META
     channels = 6 if variance_type == "learned_range" else 3

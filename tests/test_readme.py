@@ -20,6 +20,7 @@ def test_quick_start_runs(hub, tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "torch.Size([4, 2])" in out
     assert "4 torch.Size([6, 4, 1, 8, 8])" in out and "(1000, 2)" in out
+    assert "analytic (1000, 2)" in out  # Analytic-DPM's block
     assert (tmp_path / "my-scheduler" / "scheduler_config.json").is_file()
     assert (tmp_path / "my-ddpm" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     assert "README.md" in HfApi().list_repo_files("your-name/my-ddpm")
