@@ -110,11 +110,16 @@ def plot(results: dict, steps: list[int], path: Path) -> None:
     FigureCanvasAgg(fig)
     for i, (name, result) in enumerate(results.items()):
         ax = fig.add_subplot(1, len(results), i + 1)
-        for variance, rows in result["variances"].items():
-            ax.plot(steps, [rows[k]["bits_per_dim"] for k in steps], marker="o", label=variance)
+        bounds = {
+            variance: [rows[k]["bits_per_dim"] for k in steps]
+            for variance, rows in result["variances"].items()
+        }
+        for variance, values in bounds.items():
+            ax.plot(steps, values, marker="o", label=variance)
         ax.set_xscale("log")
         ax.set_xticks(steps, [str(k) for k in steps])
-        ax.set_yscale("log")
+        if min(min(values) for values in bounds.values()) > 0:  # a continuous decoder's bound can be < 0
+            ax.set_yscale("log")
         ax.set_xlabel("steps K")
         ax.set_ylabel("bound (bits/dim)")
         ax.set_title(name)

@@ -4,15 +4,19 @@ their model cards say."""
 from __future__ import annotations
 
 import json
+import runpy
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from ddpm_pipelines import PRETRAINED, DDPMPipeline, load_pretrained
+from ddpm_pipelines.analytic import estimate_gamma
 from ddpm_pipelines.data import load_dataset
-from ddpm_pipelines.evaluation import energy_distance
+from ddpm_pipelines.evaluation import _unet_fn, energy_distance, nll
 from ddpm_pipelines.pipeline import PRETRAINED_DIR
-from schedulers import DDIMScheduler
+from schedulers import DDIMScheduler, DDPMScheduler
 
 
 @pytest.mark.parametrize("name", PRETRAINED)
@@ -55,3 +59,63 @@ def test_an_unknown_name_is_an_error():
         ValueError, match=r"name='cifar10' is not a pretrained pipeline .* \('swiss-roll', 'digits'\)"
     ):
         load_pretrained("cifar10")
+
+
+def test_the_digits_card_says_what_an_8_bit_bound_means_for_17_levels():
+    card = (PRETRAINED_DIR / "digits" / "README.md").read_text()
+    assert "## What the bound means for these digits" in card
+    assert "17 grey levels" in card and "independent pixels" in card
+    metrics = json.loads((PRETRAINED_DIR / "digits" / "metrics.json").read_text())
+    assert metrics["nll_clip_sample"] is True  # the bound as the scheduler samples: x̂_0 clipped
+
+
+def test_analytic_dpm_bounds_the_shipped_swiss_roll_below_both_fixed_variances():
+    """docs/math.md §8 on a trained model: with Γ from 500 training points, the bound of the
+    10- and 25-step chains on 500 held-out points is below fixed_small's and fixed_large's (the
+    same x_t draws for all three)."""
+    pipe = load_pretrained("swiss-roll")
+    gamma = estimate_gamma(
+        pipe, load_dataset("swiss-roll", "train")[:500], generator=torch.Generator().manual_seed(0)
+    )
+    held_out = load_dataset("swiss-roll", "test")[:500].double()
+    model_fn = _unet_fn(pipe.unet)
+    for k in (10, 25):
+        bounds = {}
+        for variance in ("fixed_small", "fixed_large", "analytic"):
+            scheduler = DDPMScheduler.from_config(
+                pipe.scheduler.config, variance_type=variance, analytic_gamma=gamma.tolist()
+            )
+            scheduler.set_timesteps(k)
+            chain = scheduler.timesteps.tolist()
+            generator = torch.Generator().manual_seed(1)
+            bounds[variance] = nll(
+                model_fn, scheduler, held_out, timesteps=chain, generator=generator
+            ).bits_per_dim
+        assert bounds["analytic"] < min(bounds["fixed_small"], bounds["fixed_large"]), (k, bounds)
+
+
+def test_examples_analytic_dpm_runs_end_to_end(tmp_path, monkeypatch):
+    """examples/analytic_dpm.py at small sizes: its results, table and plot."""
+    script = Path(__file__).resolve().parents[1] / "examples" / "analytic_dpm.py"
+    argv = [str(script), "--output-dir", str(tmp_path), "--pipelines", "swiss-roll", "--steps", "10", "25"]
+    argv += [
+        "--quality-steps",
+        "10",
+        "--gamma-examples",
+        "100",
+        "--nll-examples",
+        "100",
+        "--num-samples",
+        "200",
+    ]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(script), run_name="__main__")
+    results = json.loads((tmp_path / "results.json").read_text())
+    rows = results["swiss-roll"]["variances"]
+    assert (
+        set(rows) == {"fixed_small", "fixed_large", "analytic"}
+        and len(results["swiss-roll"]["gamma"]) == 1000
+    )
+    assert set(rows["analytic"]) == {"10", "25"} and "energy_distance_ratio" in rows["analytic"]["10"]
+    assert "| analytic |" in (tmp_path / "table.md").read_text()
+    assert (tmp_path / "analytic_dpm.png").read_bytes().startswith(b"\x89PNG")
