@@ -8,6 +8,7 @@ the constructor's arguments are the configuration, saved as `scheduler_config.js
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
 from itertools import pairwise
@@ -45,6 +46,8 @@ LEARNED_VARIANCES = ("learned", "learned_range")
 # do not implement: each with the value that means "off". Turning one on is refused rather
 # than silently run without it. (diffusers' dynamic_thresholding_ratio and sample_max_value
 # act only with thresholding on, so any value of theirs is off.)
+# One level of 8-bit data scaled to [−1, 1].
+PIXEL_STEP = 2 / 255
 UNSUPPORTED_DIFFUSERS_OPTIONS: dict[str, Any] = {"thresholding": False, "rescale_betas_zero_snr": False}
 
 
@@ -91,6 +94,7 @@ class DiffusionScheduler(SchedulerMixin, ConfigMixin):
         timestep_spacing: str,
         steps_offset: int,
         analytic_gamma: Sequence[float] | np.ndarray | torch.Tensor | None,
+        analytic_clip_pixels: float | None,
         *,
         thresholding: bool,
         rescale_betas_zero_snr: bool,
@@ -137,6 +141,8 @@ class DiffusionScheduler(SchedulerMixin, ConfigMixin):
                 self.register_to_config(beta_schedule="squaredcos_cap_v2")
 
         self._gamma = self._check_gamma(analytic_gamma, num_train_timesteps, variance_type)  # (T,) or None
+        if analytic_clip_pixels is not None and not analytic_clip_pixels > 0:
+            raise ValueError(f"analytic_clip_pixels={analytic_clip_pixels!r} must be > 0 (or None: no clip)")
 
         # §1, float64: β_t, α_t = 1 − β_t, ᾱ_t = ∏_{s≤t} α_s.
         self._log_alpha_bar = log_alphas_cumprod(betas)  # (T,)
@@ -405,6 +411,17 @@ class DiffusionScheduler(SchedulerMixin, ConfigMixin):
         with clip_sample on, the data are taken to lie in [−clip_sample_range, clip_sample_range]."""
         data_half_range = self.config.clip_sample_range if self.config.clip_sample else None
         return analytic_variance(c, lambda_sq, data_half_range)
+
+    def _analytic_noise_std(self, c: Coefficients, lambda_sq: torch.Tensor) -> torch.Tensor:
+        """The noise std of a sampling step with the analytic variance: √σ*², none at the chain's
+        last step, and at the step before it at most y pixels, E|σ z| ≤ y · 2/255 with
+        y = analytic_clip_pixels (Bao et al. 2022's clip for sample quality, docs/math.md §8)."""
+        std = c.is_not_last * self._analytic_variance(c, lambda_sq).sqrt()
+        y = self.config.analytic_clip_pixels
+        if y is not None:  # E|z| = √(2/π) for z ~ N(0, 1)
+            cap = y * PIXEL_STEP / math.sqrt(2 / math.pi)
+            std = torch.where(c.is_second_to_last > 0, std.clamp(max=cap), std)
+        return std
 
     def _log_variance(self, c: Coefficients, variance_output: torch.Tensor | None) -> torch.Tensor:
         """log σ_t² of p(x_prev | x_t) for the configured variance type (docs/math.md §4)."""

@@ -44,6 +44,7 @@ class DDIMScheduler(DiffusionScheduler):
         set_alpha_to_one: bool = True,
         eta: float = 0.0,
         analytic_gamma: Sequence[float] | None = None,
+        analytic_clip_pixels: float | None = None,
         *,
         thresholding: bool = False,
         dynamic_thresholding_ratio: float = 0.995,
@@ -54,6 +55,7 @@ class DDIMScheduler(DiffusionScheduler):
         self._setup(
             num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, variance_type,
             prediction_type, clip_sample_range, timestep_spacing, steps_offset, analytic_gamma,
+            analytic_clip_pixels,
             thresholding=thresholding, rescale_betas_zero_snr=rescale_betas_zero_snr,
         )  # fmt: skip
 
@@ -93,7 +95,7 @@ class DDIMScheduler(DiffusionScheduler):
         direction = (c.one_minus_alpha_bar_prev - variance).clamp(min=0).sqrt()  # √(1 − ᾱ_{t−1} − σ²)
         prev_sample = torch.addcmul(c.sqrt_alpha_bar_prev * x0, direction, eps)
         if self.config.variance_type == "analytic":  # Analytic-DDIM: σ*² for λ² = σ² (docs/math.md §8)
-            std = c.is_not_last * self._analytic_variance(c, variance).sqrt()
+            std = self._analytic_noise_std(c, variance)
             prev_sample = torch.addcmul(prev_sample, std, noise_like(sample, generator))
         elif eta > 0:
             prev_sample = torch.addcmul(prev_sample, variance.sqrt(), noise_like(sample, generator))

@@ -37,6 +37,11 @@ class DDPMScheduler(DiffusionScheduler):
             variance_type="analytic"; estimate it with `ddpm_pipelines.analytic.estimate_gamma`.
             With clip_sample on, the analytic variance also uses that the data lie in
             [−clip_sample_range, clip_sample_range].
+        analytic_clip_pixels: with "analytic", when sampling, the noise of the step before
+            the chain's last (which the noiseless last step keeps) is limited to
+            E|σz| ≤ y · 2/255, y = analytic_clip_pixels levels of 8-bit data in [−1, 1], as
+            Bao et al. do for sample quality (e.g. 2 for images); None (the default): no limit.
+            The likelihood (`p_mean_variance`) is not clipped.
         thresholding, dynamic_thresholding_ratio, sample_max_value, rescale_betas_zero_snr:
             accepted for diffusers' configs; only the off value is allowed (thresholding and
             rescale_betas_zero_snr False; the other two act only with thresholding on, so
@@ -58,6 +63,7 @@ class DDPMScheduler(DiffusionScheduler):
         timestep_spacing: TimestepSpacing = "leading",
         steps_offset: int = 0,
         analytic_gamma: Sequence[float] | None = None,
+        analytic_clip_pixels: float | None = None,
         *,
         thresholding: bool = False,
         dynamic_thresholding_ratio: float = 0.995,
@@ -67,6 +73,7 @@ class DDPMScheduler(DiffusionScheduler):
         self._setup(
             num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, variance_type,
             prediction_type, clip_sample_range, timestep_spacing, steps_offset, analytic_gamma,
+            analytic_clip_pixels,
             thresholding=thresholding, rescale_betas_zero_snr=rescale_betas_zero_snr,
         )  # fmt: skip
 
@@ -97,7 +104,9 @@ class DDPMScheduler(DiffusionScheduler):
         prev_sample = self._posterior_mean(x0, sample, c)  # μ̃_t(x_t, x̂_0)
         if not self._is_last_step(timestep):  # at the last step: no noise, and no draw (as diffusers at t=0)
             kind = self.config.variance_type
-            if variance_output is not None or kind == "analytic":  # σ_t from the network or Γ
+            if kind == "analytic":  # σ*_t for DDPM's posterior, λ² = β̃'_t (docs/math.md §8)
+                std = self._analytic_noise_std(c, c.posterior_variance)
+            elif variance_output is not None:  # σ_t from the network
                 std = c.is_not_last * torch.exp(0.5 * self._log_variance(c, variance_output))
             else:  # fixed σ_t, from the table
                 std = c.noise_std_small if kind in ("fixed_small", "fixed_small_log") else c.noise_std_large

@@ -72,6 +72,7 @@ class Coefficients(NamedTuple):
     noise_std_small: torch.Tensor  # σ_t = √β̃'_t, and 0 at the chain's last step (§4)
     noise_std_large: torch.Tensor  # σ_t = √β'_t, and 0 at the chain's last step (§4)
     is_not_last: torch.Tensor  # 1, or 0 at the chain's last step: no noise there (§4)
+    is_second_to_last: torch.Tensor  # 1 at the step whose noise the last (noiseless) step keeps (§8)
     gamma: torch.Tensor  # Γ_t = E‖ε_θ(x_t, t)‖²/d of Analytic-DPM (§8), NaN without an estimate
 
 
@@ -121,6 +122,8 @@ def chain_table(
 
     not_last = torch.ones_like(beta)
     not_last[-1] = 0.0
+    second_to_last = torch.zeros_like(beta)
+    second_to_last[-2:-1] = 1.0  # none in a one-step chain
     columns = {
         "sqrt_alpha_bar": alpha_bar.sqrt(),
         "sqrt_one_minus_alpha_bar": one_minus_ab.sqrt(),
@@ -137,6 +140,7 @@ def chain_table(
         "noise_std_small": not_last * (0.5 * post_logvar).exp(),
         "noise_std_large": not_last * beta.sqrt(),
         "is_not_last": not_last,
+        "is_second_to_last": second_to_last,
         "gamma": torch.full_like(beta, math.nan) if gamma is None else gamma.to(torch.float64)[S],
     }
     table = torch.full((T, len(COLUMNS)), math.nan, dtype=torch.float64)

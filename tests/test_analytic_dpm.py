@@ -220,3 +220,46 @@ def test_a_learned_variance_model_serves_the_analytic_variance():
 def test_analytic_gamma_errors(scheduler_class, kwargs, message):
     with pytest.raises(ValueError, match=message):
         scheduler_class(variance_type="analytic", **kwargs)
+
+
+@pytest.mark.parametrize("scheduler_class", [DDPMScheduler, DDIMScheduler])
+def test_analytic_clip_pixels_limits_the_noise_before_the_last_step_only(scheduler_class):
+    """With analytic_clip_pixels = y, the noise of the chain's second-to-last step is at most
+    E|σ z| ≤ y · 2/255 (σ ≤ y · (2/255)/√(2/π)); every other step, and the likelihood's
+    variance, are the unclipped analytic ones."""
+    y = 0.5
+    cap = y * (2 / 255) / math.sqrt(2 / math.pi)
+    schedulers = [
+        _analytic(scheduler_class, prediction_type="sample", analytic_clip_pixels=c) for c in (None, y)
+    ]
+    x_t, x0 = torch.full((1, 1), 0.4, dtype=torch.float64), torch.full((1, 1), 0.1, dtype=torch.float64)
+
+    def noise_std(scheduler, t):
+        out = [
+            scheduler.step(x0, t, x_t, generator=torch.Generator().manual_seed(i)).prev_sample for i in (1, 2)
+        ]
+        z = [
+            torch.randn(1, 1, generator=torch.Generator().manual_seed(i), dtype=torch.float64) for i in (1, 2)
+        ]
+        return ((out[0] - out[1]) / (z[0] - z[1])).item()
+
+    for scheduler in schedulers:
+        scheduler.set_timesteps(10)
+    chain = schedulers[0].timesteps.tolist()
+    for t in chain[:-1]:
+        free, clipped = noise_std(schedulers[0], t), noise_std(schedulers[1], t)
+        if t == chain[-2]:
+            assert free > cap and clipped == pytest.approx(cap, rel=1e-9)
+        else:
+            assert clipped == pytest.approx(free, rel=1e-12)
+    x = torch.zeros(1, 1, dtype=torch.float64)
+    for scheduler in schedulers:
+        scheduler.set_timesteps(10)
+    variances = [s.p_mean_variance(x, x, chain[-2], respaced=True)[1] for s in schedulers]
+    torch.testing.assert_close(variances[0], variances[1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("value", [0, -1.0])
+def test_analytic_clip_pixels_must_be_positive(value):
+    with pytest.raises(ValueError, match=rf"analytic_clip_pixels={value!r} must be > 0 \(or None: no clip\)"):
+        DDPMScheduler(analytic_clip_pixels=value)
