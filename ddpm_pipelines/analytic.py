@@ -38,9 +38,9 @@ def estimate_gamma(
 
     Each example of `data` (N, ...) — training data in the model's units: images in [−1, 1]
     (N, C, H, W), points (N, D) — is noised once per timestep with noise from `generator`,
-    so the estimate averages N draws at each t; its relative error shrinks as 1/√N (Bao et
-    al. use N = 100 to 200 for CIFAR-10). The model runs in its own dtype on the pipeline's
-    device, `batch_size` examples at a time; ε̂ comes from any parameterisation, unclipped.
+    so the estimate averages N draws at each t; its relative error shrinks as 1/√N. The cost
+    is T · N model evaluations. The model runs in its own dtype on the pipeline's device,
+    `batch_size` examples at a time; ε̂ comes from any parameterisation, unclipped.
     """
     _check_count("batch_size", batch_size)
     shape = pipe.sample_shape(1)[1:]

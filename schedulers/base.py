@@ -42,12 +42,13 @@ PREDICTION_TYPES: tuple[str, ...] = get_args(PredictionType)
 TIMESTEP_SPACINGS: tuple[str, ...] = get_args(TimestepSpacing)
 LEARNED_VARIANCES = ("learned", "learned_range")
 
+# One level of 8-bit data scaled to [−1, 1].
+PIXEL_STEP = 2 / 255
+
 # diffusers options the constructors accept, so that diffusers' configs and code load, but
 # do not implement: each with the value that means "off". Turning one on is refused rather
 # than silently run without it. (diffusers' dynamic_thresholding_ratio and sample_max_value
 # act only with thresholding on, so any value of theirs is off.)
-# One level of 8-bit data scaled to [−1, 1].
-PIXEL_STEP = 2 / 255
 UNSUPPORTED_DIFFUSERS_OPTIONS: dict[str, Any] = {"thresholding": False, "rescale_betas_zero_snr": False}
 
 
@@ -335,7 +336,7 @@ class DiffusionScheduler(SchedulerMixin, ConfigMixin):
             return prediction, variance_output
         return model_output, None
 
-    # ---- docs/math.md §1: forward process -----------------------------------------------------
+    # ---- docs/math.md §1: forward process --------------------------------------------------
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: Any) -> torch.Tensor:
         """x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε (docs/math.md §1); timesteps: int, 0-d or (B,)."""
@@ -353,7 +354,7 @@ class DiffusionScheduler(SchedulerMixin, ConfigMixin):
         variance = c.sqrt_one_minus_alpha_bar**2
         return c.sqrt_alpha_bar * x0, variance.expand_as(x0), variance.log().expand_as(x0)
 
-    # ---- docs/math.md §2: the posterior ---------------------------------------------------------
+    # ---- docs/math.md §2: the posterior ----------------------------------------------------
 
     def q_posterior(
         self, x0: torch.Tensor, x_t: torch.Tensor, t: Any, *, respaced: bool = False
@@ -369,7 +370,7 @@ class DiffusionScheduler(SchedulerMixin, ConfigMixin):
             c.posterior_log_variance_clipped.expand_as(x_t),
         )
 
-    # ---- docs/math.md §3–4: parameterisations and the reverse distribution -----------------------
+    # ---- docs/math.md §3–4: parameterisations and the reverse distribution -----------------
 
     def _predict_x0(self, prediction: torch.Tensor, x_t: torch.Tensor, c: Coefficients) -> torch.Tensor:
         """x̂_0 from any of the four parameterisations (docs/math.md §3)."""
@@ -415,7 +416,7 @@ class DiffusionScheduler(SchedulerMixin, ConfigMixin):
     def _analytic_noise_std(self, c: Coefficients, lambda_sq: torch.Tensor) -> torch.Tensor:
         """The noise std of a sampling step with the analytic variance: √σ*², none at the chain's
         last step, and at the step before it at most y pixels, E|σ z| ≤ y · 2/255 with
-        y = analytic_clip_pixels (Bao et al. 2022's clip for sample quality, docs/math.md §8)."""
+        y = analytic_clip_pixels (Bao et al. 2022's clip for sample quality, docs/math.md §8.10)."""
         std = c.is_not_last * self._analytic_variance(c, lambda_sq).sqrt()
         y = self.config.analytic_clip_pixels
         if y is not None:  # E|z| = √(2/π) for z ~ N(0, 1)
