@@ -14,7 +14,9 @@ imported only when a dataset needs them.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -233,3 +235,26 @@ def _optional_import(module: str, package: str) -> Any:
             f"this dataset needs {package}, which is not installed; "
             'install the training extras with: pip install "ddpm-pipelines[train]"'
         ) from err
+
+
+# ---- the order of examples ----------------------------------------------------------------------
+
+
+def data_indices(num_examples: int, seed: int, start: int, count: int) -> torch.Tensor:
+    """Positions start … start+count−1 of the run's example stream: the concatenation of
+    one random permutation of the dataset per epoch, epoch e's seeded by (seed, e)."""
+    out, position = [], start
+    while len(out) < count:
+        epoch, offset = divmod(position, num_examples)
+        permutation = torch.randperm(num_examples, generator=seeded_generator(seed, "epoch", epoch))
+        take = permutation[offset : offset + count - len(out)].tolist()
+        out += take
+        position += len(take)
+    return torch.tensor(out)
+
+
+def seeded_generator(seed: int, *parts: Any, device: str | torch.device = "cpu") -> torch.Generator:
+    """A generator seeded by (seed, parts), independent of every other such tuple."""
+    text = json.dumps([seed, *[str(p) for p in parts]])
+    value = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+    return torch.Generator(device=device).manual_seed(value)

@@ -6,24 +6,20 @@ loss's second moment, iDDPM §3.3) → `losses.training_losses` → AdamW with w
 clipping and accumulation → an EMA of the weights.
 
 Everything random in a step is drawn from generators seeded by (seed, micro-batch, rank),
-and the data order of every epoch by (seed, epoch), so the state of a run is its step count
-plus what the checkpoint holds (weights, EMA, optimizer, the importance sampler's history):
-`resume=True` continues a killed run exactly where it stopped. Checkpoints are safetensors
-and JSON only, each written to a temporary folder and renamed into place, so a crash
-mid-write leaves the previous checkpoints intact.
+and the data order of every epoch by (seed, epoch) (`micro_batch`, `data.data_indices`), so
+the state of a run is its step count plus what the checkpoint holds (`checkpoints`: weights,
+EMA, optimizer, the importance sampler's history, `resample`): `resume=True` continues a
+killed run exactly where it stopped.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
 import os
 import re
-import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -32,32 +28,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-import safetensors.torch
 import torch
 
 import schedulers
 from schedulers.base import check_choice
 
 from . import hub
-from .data import load_dataset
+from .checkpoints import TrainingError, checkpoint_dirs, load_checkpoint, save_checkpoint
+from .data import data_indices, load_dataset, seeded_generator
 from .losses import LOSS_TYPES, training_losses
 from .models import UNET_PRESETS, MLPModel, UNetModel
 from .pipeline import DDPMPipeline, makes_points
+from .resample import TIMESTEP_SAMPLERS, LossSecondMomentSampler
 
 logger = logging.getLogger(__name__)
 
-TimestepSampler = Literal["uniform", "importance"]
 MixedPrecision = Literal["no", "fp16", "bf16"]
 LRSchedule = Literal["constant", "cosine", "linear"]
-TIMESTEP_SAMPLERS: tuple[str, ...] = get_args(TimestepSampler)
 MIXED_PRECISIONS: tuple[str, ...] = get_args(MixedPrecision)
 LR_SCHEDULES: tuple[str, ...] = get_args(LRSchedule)
 MODELS = ("mlp", *UNET_PRESETS)
-CHECKPOINT_PREFIX = "step-"
-
-
-class TrainingError(RuntimeError):
-    """A run stopped: a non-finite loss, a dataset too small, a checkpoint that can't be read."""
 
 
 def _option(default: Any, help: str) -> Any:
@@ -149,56 +139,6 @@ class TrainResult:
     push_error: str | None = None  # set when a push failed; everything stays local
 
 
-# ---- timestep samplers (iDDPM §3.3) -----------------------------------------------------------------
-
-
-class LossSecondMomentSampler:
-    """t with probability p_t ∝ √E[L_t²] over the last `history` losses at each t, mixed with
-    `uniform_prob` of the uniform, once every t has that many; uniform before. The loss is
-    reweighted by 1/(T p_t) so that its expectation is unchanged (iDDPM §3.3)."""
-
-    def __init__(self, num_timesteps: int, history: int = 10, uniform_prob: float = 0.001):
-        self.uniform_prob = uniform_prob
-        self.losses = torch.zeros(num_timesteps, history, dtype=torch.float64)  # (T, H)
-        self.counts = torch.zeros(num_timesteps, dtype=torch.long)  # (T,)
-
-    def probabilities(self) -> torch.Tensor:  # (T,)
-        T, H = self.losses.shape
-        if bool((self.counts < H).any()):
-            return torch.full((T,), 1.0 / T, dtype=torch.float64)
-        weights = self.losses.pow(2).mean(dim=1).sqrt()
-        weights = weights / weights.sum()
-        return weights * (1 - self.uniform_prob) + self.uniform_prob / T
-
-    def sample(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """(t (B,), weights (B,) = 1/(T p_t))."""
-        p = self.probabilities()
-        t = torch.multinomial(p, batch_size, replacement=True, generator=generator)
-        return t, (1.0 / (len(p) * p[t])).float()
-
-    def update(self, t: torch.Tensor, losses: torch.Tensor) -> None:
-        """Record per-example losses at timesteps t (both (N,), from every process)."""
-        H = self.losses.shape[1]
-        for ti, loss in zip(t.tolist(), losses.double().tolist(), strict=True):
-            if self.counts[ti] == H:
-                self.losses[ti] = torch.roll(self.losses[ti], -1)
-                self.losses[ti, -1] = loss
-            else:
-                self.losses[ti, self.counts[ti]] = loss
-                self.counts[ti] += 1
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"losses": self.losses, "counts": self.counts}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        if state["losses"].shape != self.losses.shape:
-            raise TrainingError(
-                f"the checkpoint's importance-sampler history has shape {tuple(state['losses'].shape)}, "
-                f"this run needs {tuple(self.losses.shape)}"
-            )
-        self.losses, self.counts = state["losses"].double(), state["counts"].long()
-
-
 # ---- building the parts ------------------------------------------------------------------------------
 
 
@@ -229,142 +169,34 @@ def build_model(config: TrainingConfig, data: torch.Tensor) -> torch.nn.Module:
     )
 
 
-def data_indices(num_examples: int, seed: int, start: int, count: int) -> torch.Tensor:
-    """Positions start … start+count−1 of the run's example stream: the concatenation of
-    one random permutation of the dataset per epoch, epoch e's seeded by (seed, e)."""
-    out, position = [], start
-    while len(out) < count:
-        epoch, offset = divmod(position, num_examples)
-        permutation = torch.randperm(num_examples, generator=_generator(seed, "epoch", epoch))
-        take = permutation[offset : offset + count - len(out)].tolist()
-        out += take
-        position += len(take)
-    return torch.tensor(out)
+def micro_batch(
+    data: torch.Tensor,
+    index: int,
+    config: TrainingConfig,
+    rank: int,
+    world: int,
+    sampler: LossSecondMomentSampler | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """This process's slice of the run's micro-batch `index`, on data's device: (x_0 (B, ...),
+    t (B,), noise (B, ...), importance weights (B,) or None).
 
-
-def _generator(seed: int, *parts: Any, device: str | torch.device = "cpu") -> torch.Generator:
-    """A generator seeded by (seed, parts), independent of every other such tuple."""
-    text = json.dumps([seed, *[str(p) for p in parts]])
-    value = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
-    return torch.Generator(device=device).manual_seed(value)
-
-
-# ---- checkpoints -------------------------------------------------------------------------------------
-
-
-def checkpoint_dirs(output_dir: str | os.PathLike) -> list[Path]:
-    """The complete checkpoints in `output_dir/checkpoints`, oldest first."""
-    root = Path(output_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)]
-    found = [p for p in found if p.name[len(CHECKPOINT_PREFIX) :].isdigit() and (p / "state.json").exists()]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
-
-
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """An optimizer's state_dict split into safetensors tensors and JSON (no pickle)."""
-    state = optimizer.state_dict()
-    tensors, scalars = {}, {}
-    for index, values in state["state"].items():
-        for key, value in values.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
-            else:
-                scalars[f"{index}.{key}"] = value
-    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
-
-
-def _optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {}
-    for name, value in [*tensors.items(), *meta["scalars"].items()]:
-        index, key = name.split(".", 1)
-        state.setdefault(int(index), {})[key] = value
-    return {"state": state, "param_groups": meta["param_groups"]}
-
-
-def save_checkpoint(folder: Path, step: int, model, optimizer, ema, sampler, config: TrainingConfig) -> Path:
-    """Write checkpoints/step-N atomically (a temporary folder renamed into place), then
-    delete all but the newest `keep_checkpoints`."""
-    root = folder / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{CHECKPOINT_PREFIX}{step:08d}"
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
-    try:
-        _save_file(
-            {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-            staging / "model.safetensors",
-        )
-        tensors, optimizer_meta = _optimizer_tensors(optimizer)
-        _save_file(tensors, staging / "optimizer.safetensors")
-        extra: dict[str, torch.Tensor] = {}
-        if ema is not None:
-            extra |= {f"ema.{i}": p.detach().cpu().contiguous() for i, p in enumerate(ema.shadow_params)}
-        if sampler is not None:
-            extra |= {f"sampler.{k}": v for k, v in sampler.state_dict().items()}
-        _save_file(extra, staging / "state.safetensors")
-        state = dict(
-            step=step,
-            optimizer=optimizer_meta,
-            ema_optimization_step=ema.optimization_step if ema is not None else None,
-            config=dataclasses.asdict(config),
-        )
-        _write_text(staging / "state.json", json.dumps(state, indent=2))
-        _fsync_dir(staging)
-        if final.exists():  # the same step written again (a resumed run): replace it
-            shutil.rmtree(final)
-        os.replace(staging, final)
-        _fsync_dir(root)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    for old in checkpoint_dirs(folder)[: -config.keep_checkpoints or None] if config.keep_checkpoints else []:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def load_checkpoint(path: Path, model, optimizer, ema, sampler) -> int:
-    """Restore a checkpoint into the run's parts; returns its step."""
-    try:
-        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
-        weights = safetensors.torch.load_file(path / "model.safetensors")
-        optimizer_tensors = safetensors.torch.load_file(path / "optimizer.safetensors")
-        extra = safetensors.torch.load_file(path / "state.safetensors")
-    except (OSError, ValueError, json.JSONDecodeError) as error:
-        raise TrainingError(f"cannot read the checkpoint {path}: {error}") from error
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as error:
-        raise TrainingError(f"the checkpoint {path} does not fit this run's model: {error}") from error
-    optimizer.load_state_dict(_optimizer_state(optimizer_tensors, state["optimizer"]))
-    if ema is not None:
-        shadow = [extra[f"ema.{i}"] for i in range(len(ema.shadow_params))]
-        ema.shadow_params = [s.to(p.device) for s, p in zip(shadow, ema.shadow_params, strict=True)]
-        ema.optimization_step = state["ema_optimization_step"]
-    if sampler is not None:
-        sampler.load_state_dict(
-            {k[len("sampler.") :]: v for k, v in extra.items() if k.startswith("sampler.")}
-        )
-    return int(state["step"])
-
-
-def _save_file(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    safetensors.torch.save_file(tensors, path)
-    hub.fsync_file(path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.write_text(text, encoding="utf-8")
-    hub.fsync_file(path)
-
-
-def _fsync_dir(path: Path) -> None:
-    if hasattr(os, "O_DIRECTORY"):
-        fd = os.open(path, os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    The global micro-batch (all processes) is drawn whole, from the run's example stream and a
+    generator of (seed, micro-batch); each process takes its slice, so W processes with batch B
+    compute what one process with batch W·B does."""
+    device, global_batch = data.device, config.batch_size * world
+    mine = slice(rank * config.batch_size, (rank + 1) * config.batch_size)
+    positions = data_indices(len(data), config.seed, index * global_batch, global_batch)[mine]
+    x0 = data[positions.to(device)]  # (B, ...)
+    generator = seeded_generator(config.seed, "batch", index, device=device)
+    weights = None
+    if sampler is not None:  # the sampler's probabilities live on the CPU
+        t, weights = sampler.sample(global_batch, seeded_generator(config.seed, "t", index))
+        t, weights = t[mine].to(device), weights[mine].to(device)
+    else:
+        T = config.num_train_timesteps
+        t = torch.randint(0, T, (global_batch,), generator=generator, device=device)[mine]  # (B,)
+    noise = torch.randn((global_batch, *x0.shape[1:]), generator=generator, device=device)[mine]
+    return x0, t, noise, weights
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -470,21 +302,7 @@ def train(config: TrainingConfig) -> TrainResult:
         total = torch.zeros((), device=device)
         for micro in range(config.gradient_accumulation_steps):
             index = step * config.gradient_accumulation_steps + micro  # the run's micro-batch number
-            # The global micro-batch (all processes) is drawn whole, from the run's example
-            # stream and a generator of (seed, micro-batch); each process takes its slice, so
-            # W processes with batch B compute what one process with batch W·B does.
-            mine = slice(rank * config.batch_size, (rank + 1) * config.batch_size)
-            positions = data_indices(len(data), config.seed, index * global_batch, global_batch)[mine]
-            x0 = data[positions.to(device)]  # (B, ...)
-            generator = _generator(config.seed, "batch", index, device=device)
-            weights = None
-            if sampler is not None:  # the sampler's probabilities live on the CPU
-                t, weights = sampler.sample(global_batch, _generator(config.seed, "t", index))
-                t, weights = t[mine].to(device), weights[mine].to(device)
-            else:
-                T = config.num_train_timesteps
-                t = torch.randint(0, T, (global_batch,), generator=generator, device=device)[mine]  # (B,)
-            noise = torch.randn((global_batch, *x0.shape[1:]), generator=generator, device=device)[mine]
+            x0, t, noise, weights = micro_batch(data, index, config, rank, world, sampler)
             last = micro == config.gradient_accumulation_steps - 1
             with (
                 accelerator.no_sync(model) if not last else nullcontext(),
@@ -590,7 +408,7 @@ def _dropout_seed(seed: int, index: int, rank: int) -> Iterator[None]:
     rank). After: the caller's RNG state, as it was."""
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(_generator(seed, "dropout", index, rank).initial_seed() % 2**63)
+        torch.manual_seed(seeded_generator(seed, "dropout", index, rank).initial_seed() % 2**63)
         yield
 
 

@@ -15,9 +15,10 @@ import pytest
 import safetensors.torch
 import torch
 
-from ddpm_pipelines import DDPMPipeline, training
+from ddpm_pipelines import DDPMPipeline, checkpoints, training
 from ddpm_pipelines.losses import training_losses
-from ddpm_pipelines.training import LossSecondMomentSampler, TrainingConfig, TrainingError, train
+from ddpm_pipelines.resample import LossSecondMomentSampler
+from ddpm_pipelines.training import TrainingConfig, TrainingError, train
 
 ROOT = Path(__file__).resolve().parents[1]
 # A small, fast run: 500 Swiss-roll points, a 50-step chain.
@@ -62,14 +63,14 @@ def test_resume_after_a_kill_gives_the_same_weights_as_an_uninterrupted_run(tmp_
     whole = _cli("train", *_flags(tmp_path / "whole", **options), stderr=subprocess.DEVNULL)
 
     killed = _cli("train", *_flags(tmp_path / "killed", **options), stderr=subprocess.DEVNULL)
-    checkpoints = tmp_path / "killed" / "checkpoints"
+    folder = tmp_path / "killed" / "checkpoints"
     deadline = time.monotonic() + 120
-    while not (checkpoints / "step-00000040").exists() and killed.poll() is None:
+    while not (folder / "step-00000040").exists() and killed.poll() is None:
         assert time.monotonic() < deadline, "no checkpoint at step 40 within 2 minutes"
         time.sleep(0.02)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
-    left = training.checkpoint_dirs(tmp_path / "killed")
+    left = checkpoints.checkpoint_dirs(tmp_path / "killed")
     assert killed.returncode == -signal.SIGKILL and left and left[-1].name < "step-00000200", left
 
     resumed = _cli("train", *_flags(tmp_path / "killed", resume=True, **options), stderr=subprocess.PIPE)
@@ -77,7 +78,7 @@ def test_resume_after_a_kill_gives_the_same_weights_as_an_uninterrupted_run(tmp_
     assert whole.wait() == 0
     for name in ("model.safetensors", "optimizer.safetensors", "state.safetensors"):
         a = safetensors.torch.load_file(tmp_path / "whole" / "checkpoints" / "step-00000200" / name)
-        b = safetensors.torch.load_file(checkpoints / "step-00000200" / name)
+        b = safetensors.torch.load_file(folder / "step-00000200" / name)
         assert a.keys() == b.keys()
         for key in a:
             assert torch.equal(a[key], b[key]), (name, key)
@@ -168,7 +169,7 @@ def test_a_run_writes_metrics_samples_checkpoints_and_a_model_card(tmp_path):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [10, 20, 30]
     assert {"loss", "lr", "grad_norm", "examples_per_second", "epoch"} <= records[0].keys()
-    assert [p.name for p in training.checkpoint_dirs(out)] == ["step-00000020", "step-00000030"]
+    assert [p.name for p in checkpoints.checkpoint_dirs(out)] == ["step-00000020", "step-00000030"]
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["step-00000015.png", "step-00000030.png"]
     assert any((out / "tensorboard").iterdir())
     card = (result.pipeline_dir / "README.md").read_text()
@@ -203,16 +204,16 @@ def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_ones(tmp_path, m
     config = _config(tmp_path, max_steps=20, checkpoint_every=10)
     train(config)
     before = {
-        p.name: (p / "model.safetensors").read_bytes() for p in training.checkpoint_dirs(config.output_dir)
+        p.name: (p / "model.safetensors").read_bytes() for p in checkpoints.checkpoint_dirs(config.output_dir)
     }
 
     def crash(*args, **kwargs):
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(training, "_write_text", crash)  # fails after the weights are written
+    monkeypatch.setattr(checkpoints, "_write_text", crash)  # fails after the weights are written
     with pytest.raises(OSError, match="No space left"):
         train(_config(tmp_path, max_steps=30, checkpoint_every=10, resume=True))
-    after = training.checkpoint_dirs(config.output_dir)
+    after = checkpoints.checkpoint_dirs(config.output_dir)
     assert {p.name: (p / "model.safetensors").read_bytes() for p in after} == before
     assert sorted(p.name for p in (Path(config.output_dir) / "checkpoints").iterdir()) == sorted(before)
 
@@ -231,7 +232,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
         TrainingError, match=r"the loss is nan at step 7: .*last good checkpoint is .*step-00000005"
     ):
         train(config)
-    (good,) = training.checkpoint_dirs(config.output_dir)
+    (good,) = checkpoints.checkpoint_dirs(config.output_dir)
     weights = safetensors.torch.load_file(good / "model.safetensors")
     assert all(torch.isfinite(w).all() for w in weights.values())
 
@@ -275,7 +276,9 @@ def test_a_failed_push_keeps_everything_and_says_how_to_retry(tmp_path, monkeypa
     result = train(_config(tmp_path, max_steps=5, push_to_hub="someone/run"))
     assert "ConnectionError: the Hub is unreachable" in result.push_error
     assert f"Retry with: ddpm-pipelines push {result.pipeline_dir} someone/run" in result.push_error
-    assert (result.pipeline_dir / "model_index.json").exists() and training.checkpoint_dirs(tmp_path / "run")
+    assert (result.pipeline_dir / "model_index.json").exists() and checkpoints.checkpoint_dirs(
+        tmp_path / "run"
+    )
 
 
 # ---- errors ---------------------------------------------------------------------------------------------
@@ -319,3 +322,10 @@ def test_the_model_must_fit_the_data(tmp_path):
 def test_bad_options_are_named(tmp_path, option, value, message):
     with pytest.raises(ValueError, match=message):
         _config(tmp_path, **{option: value})
+
+
+def test_the_importance_sampler_refuses_a_history_of_another_shape():
+    sampler = LossSecondMomentSampler(10)
+    state = LossSecondMomentSampler(20).state_dict()
+    with pytest.raises(ValueError, match=r"history has shape \(20, 10\), this run needs \(10, 10\)"):
+        sampler.load_state_dict(state)
