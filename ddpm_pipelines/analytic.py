@@ -21,7 +21,7 @@ import torch
 
 from schedulers.base import noise_like
 
-from .evaluation import _unet_fn
+from .evaluation import as_model_fn
 from .pipeline import DDPMPipeline, _check_count
 
 
@@ -47,7 +47,7 @@ def estimate_gamma(
     if not isinstance(data, torch.Tensor) or data.dim() < 2 or tuple(data.shape[1:]) != shape:
         got = tuple(data.shape) if isinstance(data, torch.Tensor) else type(data).__name__
         raise ValueError(f"data must be a tensor (N, {', '.join(map(str, shape))}) for this model; got {got}")
-    scheduler, model_fn = pipe.scheduler, _unet_fn(pipe.unet)
+    scheduler, model_fn = pipe.scheduler, as_model_fn(pipe.unet)
     T, n = scheduler.config.num_train_timesteps, data.shape[0]
     batches = data.to(pipe.device, torch.float64).split(batch_size)
     total = torch.zeros(T, dtype=torch.float64, device=pipe.device)  # Σ over examples of ‖ε̂‖²/d

@@ -412,8 +412,10 @@ def plot_vlb_terms_from_metrics(
 # ---- All of it -------------------------------------------------------------------------------
 
 
-def _unet_fn(unet: torch.nn.Module) -> ModelFn:
-    """model_fn(x_t, t) for `vlb_terms`: the model in its own dtype, the bound in x_t's."""
+def as_model_fn(unet: torch.nn.Module) -> ModelFn:
+    """A diffusers-style model (`unet(x, t).sample`) as the `model_fn(x_t, t)` that `nll`,
+    `vlb_terms` and `analytic.estimate_gamma` take: the model in its own dtype, the bound in
+    x_t's."""
 
     def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return unet(x_t.to(unet.dtype), t).sample.to(x_t.dtype)
@@ -517,7 +519,7 @@ def evaluate(
 
     data = real_test[:nll_examples].to(pipe.device, torch.float64)
     likelihood = nll(
-        _unet_fn(pipe.unet),
+        as_model_fn(pipe.unet),
         pipe.scheduler,
         data,
         batch_size=batch_size,

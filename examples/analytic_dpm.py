@@ -50,7 +50,7 @@ def _sample(model_fn: ModelFn, scheduler: DiffusionScheduler, shape, k: int, gen
 def measure(name: str, args: argparse.Namespace) -> dict:
     pipe = load_pretrained(name)
     train, test = load_dataset(name, "train"), load_dataset(name, "test")
-    model_fn = evaluation._unet_fn(pipe.unet)
+    model_fn = evaluation.as_model_fn(pipe.unet)
     gamma = estimate_gamma(
         pipe, train[: args.gamma_examples], generator=torch.Generator().manual_seed(0), progress=True
     )

@@ -14,7 +14,7 @@ import torch
 from ddpm_pipelines import PRETRAINED, DDPMPipeline, load_pretrained
 from ddpm_pipelines.analytic import estimate_gamma
 from ddpm_pipelines.data import load_dataset
-from ddpm_pipelines.evaluation import _unet_fn, energy_distance, nll
+from ddpm_pipelines.evaluation import as_model_fn, energy_distance, nll
 from ddpm_pipelines.pipeline import PRETRAINED_DIR
 from schedulers import DDIMScheduler, DDPMScheduler
 
@@ -78,7 +78,7 @@ def test_analytic_dpm_bounds_the_shipped_swiss_roll_below_both_fixed_variances()
         pipe, load_dataset("swiss-roll", "train")[:500], generator=torch.Generator().manual_seed(0)
     )
     held_out = load_dataset("swiss-roll", "test")[:500].double()
-    model_fn = _unet_fn(pipe.unet)
+    model_fn = as_model_fn(pipe.unet)
     for k in (10, 25):
         bounds = {}
         for variance in ("fixed_small", "fixed_large", "analytic"):
