@@ -59,9 +59,12 @@ def _optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> 
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(folder: Path, step: int, model, optimizer, ema, sampler, config: TrainingConfig) -> Path:
+def save_checkpoint(
+    folder: Path, step: int, position: int, model, optimizer, ema, sampler, config: TrainingConfig
+) -> Path:
     """Write checkpoints/step-N atomically (a temporary folder renamed into place), then
-    delete all but the newest `keep_checkpoints`."""
+    delete all but the newest `keep_checkpoints`. `position`: the examples of the run's
+    stream read so far, where a resumed run reads on from."""
     root = folder / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{CHECKPOINT_PREFIX}{step:08d}"
@@ -81,6 +84,7 @@ def save_checkpoint(folder: Path, step: int, model, optimizer, ema, sampler, con
         _save_file(extra, staging / "state.safetensors")
         state = dict(
             step=step,
+            stream_position=position,
             optimizer=optimizer_meta,
             ema_optimization_step=ema.optimization_step if ema is not None else None,
             config=dataclasses.asdict(config),
@@ -99,8 +103,8 @@ def save_checkpoint(folder: Path, step: int, model, optimizer, ema, sampler, con
     return final
 
 
-def load_checkpoint(path: Path, model, optimizer, ema, sampler) -> int:
-    """Restore a checkpoint into the run's parts; returns its step."""
+def load_checkpoint(path: Path, model, optimizer, ema, sampler) -> tuple[int, int]:
+    """Restore a checkpoint into the run's parts; returns its step and stream position."""
     try:
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
         weights = safetensors.torch.load_file(path / "model.safetensors")
@@ -124,7 +128,7 @@ def load_checkpoint(path: Path, model, optimizer, ema, sampler) -> int:
             )
         except ValueError as error:
             raise TrainingError(str(error)) from error
-    return int(state["step"])
+    return int(state["step"]), int(state["stream_position"])
 
 
 def _save_file(tensors: dict[str, torch.Tensor], path: Path) -> None:

@@ -14,19 +14,20 @@ imported only when a dataset needs them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
+import io
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
-
-if TYPE_CHECKING:
-    from PIL import Image as PILImage
+from PIL import Image
 
 logger = logging.getLogger(__name__)
 
@@ -93,15 +94,9 @@ def load_dataset(
     elif name == "digits":
         data = _digits(split)
         data = data[: _count(len(data), num_samples, f"'digits' split {split!r}")]
-    elif name.startswith("hf:"):
-        data = _hugging_face(name.removeprefix("hf:"), split, num_samples, image_size)
-    elif Path(name).is_dir():
-        data = _folder(Path(name), split, num_samples, image_size)
     else:
-        raise ValueError(
-            f"unknown dataset {name!r}; allowed: 'swiss-roll', 'digits', a folder of images, "
-            "or 'hf:NAME' (a Hugging Face dataset)"
-        )
+        images = image_dataset(name, split, num_samples=num_samples, image_size=image_size)
+        data = to_unit_range(torch.stack([images[i] for i in range(len(images))]))
     logger.info("loaded %r split %r: %s", name, split, tuple(data.shape))
     return data
 
@@ -129,90 +124,194 @@ def _digits(split: str) -> torch.Tensor:
     return torch.from_numpy(images[rows] / 8 - 1).float().unsqueeze(1)  # (N, 1, 8, 8) in [−1, 1]
 
 
-# ---- images: a local folder, or a Hugging Face dataset --------------------------------------
+# ---- images: a local folder, or a Hugging Face dataset, read on demand --------------------------
 
 
-def _folder(folder: Path, split: str, num_samples: int | None, image_size: int | None) -> torch.Tensor:
+class ImageReadError(ValueError):
+    """An image that cannot be decoded or used; the message names it."""
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Images decoded on demand (in a DataLoader's worker processes, for training): item i is
+    a uint8 tensor (C, S, S), `to_unit_range` scales a batch to [−1, 1] on its device.
+
+    The first image fixes the format, so nothing reads the whole dataset up front: C = 1 when
+    it is greyscale (PIL mode "1", "L" or "LA"; a palette image counts as colour), else 3,
+    and S = `image_size`, or the first image's side when it is None (it must be square, and
+    so must every other image, of that side). Each image is converted to that mode and, when
+    its size differs from S × S, resized (bicubic): to S × S, or with `center_crop` its shorter
+    side to S and the centre S × S cropped (the aspect ratio kept), as diffusers'
+    train_unconditional.py. A colour image in a greyscale dataset, a size that does not fit,
+    more than 8 bits per channel or a file that cannot be decoded: `ImageReadError`, naming it.
+    """
+
+    def __init__(self, source: _FileImages | _HubImages, image_size: int | None, center_crop: bool = False):
+        self.source, self.center_crop, self.resize = source, center_crop, image_size is not None
+        first = self._open(0)
+        self.mode = "L" if first.mode in _GREY_MODES else "RGB"
+        if image_size is None:
+            width, height = first.size
+            if width != height:
+                raise ImageReadError(
+                    f"{source.label(0)} is {width}×{height}, not square: pass image_size=... "
+                    "to resize the images to image_size × image_size"
+                )
+            image_size = width
+        self.image_size = image_size
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """(N, C, S, S), as a tensor of the whole dataset would have."""
+        return (len(self), 1 if self.mode == "L" else 3, self.image_size, self.image_size)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        image = self._open(index)
+        label = self.source.label(index)
+        if image.mode.startswith(("I", "F")):  # 16/32-bit: converting to 8 bits would clip
+            raise ImageReadError(f"{label} has the PIL mode {image.mode!r}; only 8-bit images are supported")
+        if self.mode == "L" and image.mode not in _GREY_MODES:
+            raise ImageReadError(
+                f"{label} is a colour image (mode {image.mode!r}) in a dataset read as greyscale "
+                f"because its first image, {self.source.label(0)}, is: convert the images to one mode"
+            )
+        size = self.image_size
+        if not self.resize and image.size != (size, size):
+            width, height = image.size
+            raise ImageReadError(
+                f"the images must share one square size: {label} is {width}×{height}, "
+                f"{self.source.label(0)} is {size}×{size}; pass image_size=... to resize them all"
+            )
+        image = image.convert(self.mode)
+        if self.center_crop:
+            image = center_crop(image, size)
+        elif image.size != (size, size):
+            image = image.resize((size, size), Image.Resampling.BICUBIC)  # clamps to 0..255
+        array = torch.from_numpy(np.array(image)).reshape(size, size, -1)  # (S, S, C)
+        return array.permute(2, 0, 1).contiguous()  # (C, S, S) uint8
+
+    def _open(self, index: int) -> Image.Image:
+        """Image `index`, decoded; a file that cannot be: ImageReadError naming it."""
+        try:
+            image = self.source.open(index)
+            image.load()  # decode now, so a truncated file fails here, naming itself
+        except (OSError, SyntaxError, ValueError) as err:
+            raise ImageReadError(f"cannot read the image {self.source.label(index)}: {err}") from err
+        return image
+
+
+def center_crop(image: Image.Image, size: int) -> Image.Image:
+    """Resize the shorter side to `size` (bicubic) and crop the centre size × size, as
+    torchvision's Resize(size) then CenterCrop(size)."""
+    width, height = image.size
+    short = min(width, height)
+    width, height = max(size, int(size * width / short)), max(size, int(size * height / short))
+    if (width, height) != image.size:
+        image = image.resize((width, height), Image.Resampling.BICUBIC)
+    left, top = round((width - size) / 2), round((height - size) / 2)
+    return image.crop((left, top, left + size, top + size))
+
+
+def to_unit_range(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels 0..255 → float32 in [−1, 1] (x / 127.5 − 1)."""
+    return pixels.float() / 127.5 - 1
+
+
+class _FileImages:
+    """The image files of a folder, recursively, in sorted order."""
+
+    def __init__(self, folder: Path, num_samples: int | None):
+        paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        if not paths:
+            looked_for = ", ".join(IMAGE_EXTENSIONS)
+            raise ValueError(f"no images in {str(folder)!r} (looked for {looked_for}, recursively)")
+        self.paths = paths[: _count(len(paths), num_samples, f"the folder {str(folder)!r}")]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def open(self, index: int) -> Image.Image:
+        return Image.open(self.paths[index])
+
+    def label(self, index: int) -> str:
+        return repr(str(self.paths[index]))
+
+
+class _HubImages:
+    """The image column of a map-style Hugging Face dataset, kept as encoded bytes (or
+    paths) in its Arrow files: the rows are decoded on demand, never copied decoded."""
+
+    def __init__(self, name: str, split: str, num_samples: int | None):
+        datasets = _optional_import("datasets", "datasets")
+        self.where = f"Hugging Face dataset {name!r} split {split!r}"
+        dataset = _load_hub_dataset(datasets, name, split, self.where, streaming=False)
+        self.column = _image_column(datasets, dataset, self.where)
+        if len(dataset) == 0:
+            raise ValueError(f"the {self.where} is empty")
+        keep = _count(len(dataset), num_samples, f"the {self.where}")
+        dataset = dataset.select_columns([self.column]).select(range(keep))
+        self.dataset = dataset.cast_column(self.column, datasets.Image(decode=False))
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def open(self, index: int) -> Image.Image:
+        return _open_encoded(self.dataset[index][self.column])
+
+    def label(self, index: int) -> str:
+        path = self.dataset[index][self.column].get("path")
+        return f"{self.where}, row {index}" + (f" ({path})" if path else "")
+
+
+def _open_encoded(value: dict[str, Any]) -> Image.Image:
+    """A `datasets.Image(decode=False)` value, {"bytes": ..., "path": ...}, opened."""
+    return Image.open(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"])
+
+
+def _load_hub_dataset(datasets, name: str, split: str, where: str, streaming: bool):
+    try:
+        if Path(name).is_dir():
+            return datasets.load_dataset("imagefolder", data_dir=name, split=split, streaming=streaming)
+        return datasets.load_dataset(name, split=split, streaming=streaming)
+    except ValueError as err:
+        raise ValueError(f"cannot load the {where}: {err}") from err
+    except OSError as err:  # not found, not cached, no network
+        raise OSError(f"cannot load the {where}: {err}") from err
+
+
+def _image_column(datasets, dataset, where: str) -> str:
+    column = next((c for c, f in (dataset.features or {}).items() if isinstance(f, datasets.Image)), None)
+    if column is None:
+        raise ValueError(f"the {where} has no image column; its features: {dataset.features}")
+    return column
+
+
+def image_dataset(
+    name: str | os.PathLike[str],
+    split: str = "train",
+    *,
+    num_samples: int | None = None,
+    image_size: int | None = None,
+    center_crop: bool = False,
+) -> ImageDataset:
+    """A folder of images, or "hf:NAME", as an `ImageDataset`: only the first image is read
+    now. The arguments are `load_dataset`'s."""
+    name = os.fspath(name)
+    if name.startswith("hf:"):
+        return ImageDataset(_HubImages(name.removeprefix("hf:"), split, num_samples), image_size, center_crop)
+    if not Path(name).is_dir():
+        raise ValueError(
+            f"unknown dataset {name!r}; allowed: 'swiss-roll', 'digits', a folder of images, "
+            "or 'hf:NAME' (a Hugging Face dataset)"
+        )
     if split != "train":
         raise ValueError(
             f"a folder of images has only the split 'train', not {split!r}; "
             "pass a separate folder for held-out data"
         )
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-    if not paths:
-        looked_for = ", ".join(IMAGE_EXTENSIONS)
-        raise ValueError(f"no images in the folder {str(folder)!r} (looked for {looked_for}, recursively)")
-    paths = paths[: _count(len(paths), num_samples, f"the folder {str(folder)!r}")]
-    from PIL import Image
-
-    images = []
-    for path in paths:
-        try:
-            with Image.open(path) as image:
-                image.load()  # decode now, so a truncated file fails here, naming itself
-                images.append(image)
-        except (OSError, SyntaxError, ValueError) as err:
-            raise ValueError(f"cannot read the image {str(path)!r}: {err}") from err
-    return _to_tensor(images, [str(p) for p in paths], image_size)
-
-
-def _hugging_face(name: str, split: str, num_samples: int | None, image_size: int | None) -> torch.Tensor:
-    datasets = _optional_import("datasets", "datasets")
-    where = f"Hugging Face dataset {name!r} split {split!r}"
-    try:
-        if Path(name).is_dir():
-            dataset = datasets.load_dataset("imagefolder", data_dir=name, split=split)
-        else:
-            dataset = datasets.load_dataset(name, split=split)
-    except ValueError as err:
-        raise ValueError(f"cannot load the {where}: {err}") from err
-    except OSError as err:  # not found, not cached, no network
-        raise OSError(f"cannot load the {where}: {err}") from err
-    column = next((c for c, f in dataset.features.items() if isinstance(f, datasets.Image)), None)
-    if column is None:
-        raise ValueError(f"the {where} has no image column; its features: {dataset.features}")
-    if len(dataset) == 0:
-        raise ValueError(f"the {where} is empty")
-    keep = _count(len(dataset), num_samples, f"the {where}")
-    dataset = dataset.select_columns([column]).select(range(keep))
-    if not dataset.features[column].decode:  # rows would be {"bytes", "path"} dicts, not images
-        dataset = dataset.cast_column(column, datasets.Image(decode=True))
-    images, labels = [], []
-    for row in range(len(dataset)):
-        labels.append(f"{where}, row {row}")
-        try:
-            images.append(dataset[row][column])
-        except (OSError, SyntaxError, ValueError) as err:
-            raise ValueError(f"cannot read the image of {labels[-1]}: {err}") from err
-    return _to_tensor(images, labels, image_size)
-
-
-def _to_tensor(images: list[PILImage.Image], labels: list[str], image_size: int | None) -> torch.Tensor:
-    """PIL images → (N, C, S, S) float32 in [−1, 1]; `labels` name each image in errors."""
-    from PIL import Image
-
-    for image, label in zip(images, labels, strict=True):
-        if image.mode.startswith(("I", "F")):  # 16/32-bit: converting to 8 bits would clip
-            raise ValueError(f"{label} has the PIL mode {image.mode!r}; only 8-bit images are supported")
-    if image_size is None:
-        sizes = {image.size: label for image, label in zip(images, labels, strict=True)}  # (W, H) → a file
-        if len(sizes) > 1 or any(w != h for w, h in sizes):
-            found = "; ".join(f"{label} is {w}×{h}" for (w, h), label in list(sizes.items())[:3])
-            raise ValueError(
-                f"the images must share one square size ({found}); "
-                "pass image_size=... to resize them all to image_size × image_size"
-            )
-        image_size = images[0].size[0]
-    mode = "L" if all(image.mode in _GREY_MODES for image in images) else "RGB"
-    channels = 1 if mode == "L" else 3
-    pixels = torch.empty(len(images), channels, image_size, image_size, dtype=torch.uint8)  # (N, C, S, S)
-    for i, image in enumerate(images):
-        image = image.convert(mode)
-        if image.size != (image_size, image_size):
-            image = image.resize((image_size, image_size), Image.Resampling.BICUBIC)  # clamps to 0..255
-        array = torch.from_numpy(np.array(image)).reshape(image_size, image_size, channels)  # (S, S, C)
-        pixels[i] = array.permute(2, 0, 1)
-    return pixels.float() / 127.5 - 1  # 0..255 → [−1, 1]
+    return ImageDataset(_FileImages(Path(name), num_samples), image_size, center_crop)
 
 
 # ---- helpers ---------------------------------------------------------------------------------
@@ -237,7 +336,7 @@ def _optional_import(module: str, package: str) -> Any:
         ) from err
 
 
-# ---- the order of examples ----------------------------------------------------------------------
+# ---- the run's example stream ----------------------------------------------------------------
 
 
 def data_indices(num_examples: int, seed: int, start: int, count: int) -> torch.Tensor:
@@ -246,15 +345,120 @@ def data_indices(num_examples: int, seed: int, start: int, count: int) -> torch.
     out, position = [], start
     while len(out) < count:
         epoch, offset = divmod(position, num_examples)
-        permutation = torch.randperm(num_examples, generator=seeded_generator(seed, "epoch", epoch))
-        take = permutation[offset : offset + count - len(out)].tolist()
+        take = _permutation(num_examples, seed, epoch)[offset : offset + count - len(out)].tolist()
         out += take
         position += len(take)
     return torch.tensor(out)
 
 
+@functools.lru_cache(maxsize=2)  # the epoch being read, and the next
+def _permutation(num_examples: int, seed: int, epoch: int) -> torch.Tensor:
+    return torch.randperm(num_examples, generator=seeded_generator(seed, "epoch", epoch))
+
+
+def flips(seed: int, positions: torch.Tensor) -> torch.Tensor:
+    """Whether the examples at these stream positions are flipped left-right: a fair coin
+    of (seed, position), whoever reads the example."""
+    return torch.tensor([_hash(seed, "flip", p) & 1 == 1 for p in positions.tolist()], dtype=torch.bool)
+
+
+def example_batches(
+    data: torch.Tensor | ImageDataset,
+    *,
+    seed: int,
+    start: int,
+    count: int,
+    batch_size: int,
+    rank: int = 0,
+    world: int = 1,
+    random_flip: bool = False,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+) -> Iterator[torch.Tensor]:
+    """This process's slices of `count` global batches of the run's example stream, from
+    stream position `start`: global batch k holds positions start + k·W·B … + (k+1)·W·B − 1
+    (W = world, B = batch_size), process `rank` the B of them from start + k·W·B + rank·B.
+    Each slice comes as x_0 (B, ...) on `device`, images in [−1, 1] and, with `random_flip`,
+    flipped left-right where `flips` says.
+
+    A tensor is indexed where it lies; an ImageDataset is read by a DataLoader with
+    `num_workers` worker processes (0: this one) that decode only this process's slices,
+    prefetched, pinned and copied without blocking when `device` is CUDA. An image that
+    cannot be read raises ImageReadError here, in the training process, naming it."""
+    device = torch.device(device)
+    firsts = range(start + rank * batch_size, start + count * world * batch_size, world * batch_size)
+    slices = _Slices(len(data), seed, firsts, batch_size)
+    if isinstance(data, torch.Tensor):
+        batches = (data[torch.tensor(indices, device=data.device)] for indices in slices)
+    else:
+        loader = torch.utils.data.DataLoader(
+            _Reported(data),
+            batch_sampler=slices,
+            num_workers=num_workers,
+            pin_memory=device.type == "cuda",
+            prefetch_factor=4 if num_workers else None,
+        )
+        batches = (_checked(pixels, errors).to(device, non_blocking=True) for pixels, errors in loader)
+    for first, x0 in zip(firsts, batches, strict=True):
+        x0 = to_unit_range(x0) if x0.dtype == torch.uint8 else x0
+        if random_flip:
+            flipped = flips(seed, torch.arange(first, first + batch_size)).to(device)
+            x0 = torch.where(flipped.view(-1, *[1] * (x0.dim() - 1)), x0.flip(-1), x0)
+        yield x0
+
+
+class _Slices:
+    """The dataset indices of the examples at stream positions first … first + size − 1,
+    for each `first`, made as they are asked for (a DataLoader's batch_sampler)."""
+
+    def __init__(self, num_examples: int, seed: int, firsts: range, size: int):
+        self.num_examples, self.seed, self.firsts, self.size = num_examples, seed, firsts, size
+
+    def __len__(self) -> int:
+        return len(self.firsts)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for first in self.firsts:
+            yield data_indices(self.num_examples, self.seed, first, self.size).tolist()
+
+
+def default_num_workers() -> int:
+    """DataLoader workers for each training process: half its share of the CPUs, 1 to 8."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, min(8, cpus // (2 * processes_here)))
+
+
+class _Reported(torch.utils.data.Dataset):
+    """An ImageDataset whose items are (pixels, "") or, for an image that cannot be read,
+    (zeros, the error's message): the training process raises it, with a clean message."""
+
+    def __init__(self, images: ImageDataset):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+        try:
+            return self.images[index], ""
+        except ImageReadError as err:
+            return torch.zeros(self.images.shape[1:], dtype=torch.uint8), str(err)
+
+
+def _checked(pixels: torch.Tensor, errors: list[str]) -> torch.Tensor:
+    for error in errors:
+        if error:
+            raise ImageReadError(error)
+    return pixels
+
+
 def seeded_generator(seed: int, *parts: Any, device: str | torch.device = "cpu") -> torch.Generator:
     """A generator seeded by (seed, parts), independent of every other such tuple."""
+    return torch.Generator(device=device).manual_seed(_hash(seed, *parts))
+
+
+def _hash(seed: int, *parts: Any) -> int:
+    """64 bits of sha256 of (seed, parts)."""
     text = json.dumps([seed, *[str(p) for p in parts]])
-    value = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
-    return torch.Generator(device=device).manual_seed(value)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")

@@ -35,7 +35,16 @@ from schedulers.base import check_choice
 
 from . import hub
 from .checkpoints import TrainingError, checkpoint_dirs, load_checkpoint, save_checkpoint
-from .data import data_indices, load_dataset, seeded_generator
+from .data import (
+    DATASET_NAMES,
+    ImageDataset,
+    ImageReadError,
+    default_num_workers,
+    example_batches,
+    image_dataset,
+    load_dataset,
+    seeded_generator,
+)
 from .losses import LOSS_TYPES, training_losses
 from .models import UNET_PRESETS, MLPModel, UNetModel
 from .pipeline import DDPMPipeline, makes_points
@@ -62,6 +71,9 @@ class TrainingConfig:
     dataset: str = _option("swiss-roll", "swiss-roll, digits, a folder of images, or hf:NAME")
     num_samples: int | None = _option(None, "the dataset's size (default: the dataset's own)")
     image_size: int | None = _option(None, "resize images to this (folders and hf: datasets)")
+    center_crop: bool = _option(False, "resize the shorter side to image_size and crop the centre")
+    random_flip: bool | None = _option(None, "flip images left-right at random (default: on, off for digits)")
+    num_workers: int | None = _option(None, "processes decoding images (default: half the CPUs, ≤ 8)")
     model: str = _option("mlp", "mlp (points) or a UNet preset (images)")
     loss: str = _option("simple", "simple, vlb or hybrid (docs/math.md §5)")
     variance_type: str | None = _option(None, "default: fixed_small for simple, learned_range otherwise")
@@ -79,6 +91,8 @@ class TrainingConfig:
     ema_decay: float = _option(0.9999, "the EMA's largest decay; 0 turns the EMA off")
     ema_power: float = _option(2 / 3, "EMA warm-up: decay = 1 − (1 + step)^−power, up to ema_decay")
     mixed_precision: str = _option("no", "no, fp16 or bf16 (CUDA)")
+    compile: bool = _option(False, "run the model under torch.compile (one graph, compiled once)")
+    channels_last: bool = _option(False, "images and the UNet's weights in channels-last memory format")
     seed: int = _option(0, "seeds the weights, the data order and every draw")
     log_every: int = _option(50, "steps between lines of metrics.jsonl (0: only at the end)")
     sample_every: int = _option(0, "steps between sample grids (0: none)")
@@ -105,6 +119,12 @@ class TrainingConfig:
         for name in ("warmup_steps", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints"):
             _check_int(name, getattr(self, name), 0)
         _check_int("sample_steps", self.sample_steps, 1)
+        if self.num_workers is not None:
+            _check_int("num_workers", self.num_workers, 0)
+        if self.dataset in DATASET_NAMES and self.center_crop:
+            raise ValueError(f"center_crop=True applies to a folder or hf:NAME, not {self.dataset!r}")
+        if self.dataset == "swiss-roll" and self.random_flip:
+            raise ValueError("random_flip=True applies to images; 'swiss-roll' holds points")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             raise ValueError(f"learning_rate={self.learning_rate!r} must be a positive number")
         if not 0 <= self.ema_decay < 1:
@@ -117,6 +137,12 @@ class TrainingConfig:
     @property
     def learned_variance(self) -> bool:
         return self.resolved_variance_type in ("learned", "learned_range")
+
+    @property
+    def resolved_random_flip(self) -> bool:
+        if self.random_flip is not None:
+            return self.random_flip
+        return self.dataset not in DATASET_NAMES  # a mirrored digit is not a digit
 
     @property
     def resolved_variance_type(self) -> str:
@@ -142,51 +168,65 @@ class TrainResult:
 # ---- building the parts ------------------------------------------------------------------------------
 
 
-def build_scheduler(config: TrainingConfig, data: torch.Tensor) -> schedulers.DDPMScheduler:
-    """ε prediction; x̂_0 clipped to [−1, 1] for images, not for points (they are not bounded)."""
+def training_data(config: TrainingConfig) -> torch.Tensor | ImageDataset:
+    """The Swiss roll and the digits as a tensor in memory; a folder or hf: dataset as an
+    ImageDataset, decoded as the run reads it (only its first image is read now)."""
+    if config.dataset in DATASET_NAMES:
+        return load_dataset(config.dataset, "train", num_samples=config.num_samples, seed=config.seed)
+    return image_dataset(
+        config.dataset,
+        "train",
+        num_samples=config.num_samples,
+        image_size=config.image_size,
+        center_crop=config.center_crop,
+    )
+
+
+def build_scheduler(config: TrainingConfig, shape: tuple[int, ...]) -> schedulers.DDPMScheduler:
+    """ε prediction; x̂_0 clipped to [−1, 1] for images (N, C, H, W), not for points (N, D):
+    they are not bounded."""
     return schedulers.DDPMScheduler(
         num_train_timesteps=config.num_train_timesteps,
         beta_schedule=config.beta_schedule,
         variance_type=config.resolved_variance_type,
-        clip_sample=data.dim() == 4,
+        clip_sample=len(shape) == 4,
     )
 
 
-def build_model(config: TrainingConfig, data: torch.Tensor) -> torch.nn.Module:
-    """An MLPModel for points (N, D); a UNetModel preset for images (N, C, H, W), sized to them."""
+def build_model(config: TrainingConfig, shape: tuple[int, ...]) -> torch.nn.Module:
+    """An MLPModel for points of shape (N, D); a UNetModel preset for images (N, C, H, W),
+    sized to them."""
     factor = 2 if config.learned_variance else 1
     if config.model == "mlp":
-        if data.dim() != 2:
+        if len(shape) != 2:
             raise ValueError(f"model='mlp' is for points (N, D); dataset {config.dataset!r} holds images")
-        return MLPModel(in_features=data.shape[1], out_features=factor * data.shape[1])
-    if data.dim() != 4:
+        return MLPModel(in_features=shape[1], out_features=factor * shape[1])
+    if len(shape) != 4:
         raise ValueError(
             f"model={config.model!r} is a UNet for images; dataset {config.dataset!r} holds points"
         )
-    _, channels, height, _ = data.shape
+    _, channels, height, _ = shape
     return UNetModel.from_preset(
         config.model, learned_variance=config.learned_variance, in_channels=channels, sample_size=height
     )
 
 
-def micro_batch(
-    data: torch.Tensor,
+def draws(
+    x0: torch.Tensor,
     index: int,
     config: TrainingConfig,
     rank: int,
     world: int,
     sampler: LossSecondMomentSampler | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """This process's slice of the run's micro-batch `index`, on data's device: (x_0 (B, ...),
-    t (B,), noise (B, ...), importance weights (B,) or None).
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """This process's draws for the run's micro-batch `index`, on x0's device: (t (B,),
+    noise (B, ...), importance weights (B,) or None).
 
-    The global micro-batch (all processes) is drawn whole, from the run's example stream and a
-    generator of (seed, micro-batch); each process takes its slice, so W processes with batch B
-    compute what one process with batch W·B does."""
-    device, global_batch = data.device, config.batch_size * world
+    They are drawn for the global micro-batch (all processes) from generators of (seed,
+    micro-batch), and each process takes its slice, as it does of the examples
+    (`data.example_batches`): W processes with batch B compute what one with W·B does."""
+    device, global_batch = x0.device, config.batch_size * world
     mine = slice(rank * config.batch_size, (rank + 1) * config.batch_size)
-    positions = data_indices(len(data), config.seed, index * global_batch, global_batch)[mine]
-    x0 = data[positions.to(device)]  # (B, ...)
     generator = seeded_generator(config.seed, "batch", index, device=device)
     weights = None
     if sampler is not None:  # the sampler's probabilities live on the CPU
@@ -196,7 +236,7 @@ def micro_batch(
         T = config.num_train_timesteps
         t = torch.randint(0, T, (global_batch,), generator=generator, device=device)[mine]  # (B,)
     noise = torch.randn((global_batch, *x0.shape[1:]), generator=generator, device=device)[mine]
-    return x0, t, noise, weights
+    return t, noise, weights
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -220,26 +260,26 @@ def train(config: TrainingConfig) -> TrainResult:
     # precision: forget it (not the distributed setup) so that each run sets its own.
     AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=multi_cpu)
-    rank, world = accelerator.process_index, accelerator.num_processes
+    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     output = Path(config.output_dir)
-    data = load_dataset(
-        config.dataset,
-        "train",
-        num_samples=config.num_samples,
-        image_size=config.image_size,
-        seed=config.seed,
-    )
+    data = training_data(config)
     if len(data) < config.batch_size * world:
         raise TrainingError(
             f"the dataset {config.dataset!r} has {len(data)} examples, fewer than one batch "
             f"(batch_size={config.batch_size} × {world} processes): lower batch_size or add data"
         )
-    scheduler = build_scheduler(config, data)
+    images = len(data.shape) == 4
+    scheduler = build_scheduler(config, data.shape)
     with torch.random.fork_rng(devices=[]):  # the initial weights from the run's seed
         torch.manual_seed(config.seed)
-        model = build_model(config, data)
+        model = build_model(config, data.shape)
+    memory_format = torch.channels_last if config.channels_last and images else torch.contiguous_format
+    model.to(memory_format=memory_format)
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        model.parameters(),
+        lr=config.learning_rate,
+        weight_decay=config.weight_decay,
+        fused=device.type in ("cuda", "cpu"),  # one kernel for all the weights
     )
     ema = None
     if config.ema_decay > 0:
@@ -256,11 +296,13 @@ def train(config: TrainingConfig) -> TrainResult:
         else None
     )
 
-    step = 0
+    global_batch = config.batch_size * world
+    per_step = global_batch * config.gradient_accumulation_steps  # examples per optimizer step
+    step, position = 0, 0  # optimizer steps done; examples of the stream read
     existing = checkpoint_dirs(output)
     if config.resume and existing:
-        step = load_checkpoint(existing[-1], model, optimizer, ema, sampler)
-        logger.info("resuming from %s (step %d)", existing[-1], step)
+        step, position = load_checkpoint(existing[-1], model, optimizer, ema, sampler)
+        logger.info("resuming from %s (step %d, example %d of the stream)", existing[-1], step, position)
     elif existing:
         raise TrainingError(
             f"{output} already holds checkpoints (newest {existing[-1].name}): pass resume=True "
@@ -276,12 +318,26 @@ def train(config: TrainingConfig) -> TrainResult:
         warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
         for _ in range(step):  # the schedule is a function of the step: replay it
             lr_scheduler.step()
+    if config.compile:  # in place, before DDP wraps it: DDP's forward calls the compiled module
+        model.compile(fullgraph=True)
     model, optimizer = accelerator.prepare(model, optimizer)
-    device = accelerator.device
     if ema is not None:
         ema.to(device)
-    data = data.to(device)
-    decoder = "discretized" if data.dim() == 4 else "continuous"
+    if isinstance(data, torch.Tensor):
+        data = data.to(device)
+    batches = example_batches(
+        data,
+        seed=config.seed,
+        start=position,
+        count=(config.max_steps - step) * config.gradient_accumulation_steps,
+        batch_size=config.batch_size,
+        rank=rank,
+        world=world,
+        random_flip=config.resolved_random_flip,
+        num_workers=default_num_workers() if config.num_workers is None else config.num_workers,
+        device=device,
+    )
+    decoder = "discretized" if images else "continuous"
 
     if accelerator.is_main_process:
         output.mkdir(parents=True, exist_ok=True)
@@ -293,16 +349,31 @@ def train(config: TrainingConfig) -> TrainResult:
 
         bar = tqdm(total=config.max_steps, initial=step, desc="training", unit="step", dynamic_ncols=True)
 
+    def stop(reason: str) -> TrainingError:
+        """Close the logs; the error that stops the run, naming where it can resume from."""
+        batches.close()  # the DataLoader's workers
+        for stream in (metrics, bar):
+            if stream is not None:
+                stream.close()
+        last_good = checkpoint_dirs(output)
+        where = f"the last good checkpoint is {last_good[-1]}" if last_good else "no checkpoint yet"
+        return TrainingError(f"{reason}; {where}")
+
     model.train()
     started, loss_value, push_error, pushed_step = time.perf_counter(), float("nan"), None, None
     window_start, window_examples = time.perf_counter(), 0
-    global_batch = config.batch_size * world
-    per_step = global_batch * config.gradient_accumulation_steps
     while step < config.max_steps:
         total = torch.zeros((), device=device)
         for micro in range(config.gradient_accumulation_steps):
             index = step * config.gradient_accumulation_steps + micro  # the run's micro-batch number
-            x0, t, noise, weights = micro_batch(data, index, config, rank, world, sampler)
+            try:
+                x0 = next(batches).contiguous(memory_format=memory_format)
+            except ImageReadError as error:
+                raise stop(
+                    f"{error} (at step {step + 1}). Fix or remove the file and continue with resume=True "
+                    "(--resume)"
+                ) from None
+            t, noise, weights = draws(x0, index, config, rank, world, sampler)
             last = micro == config.gradient_accumulation_steps - 1
             with (
                 accelerator.no_sync(model) if not last else nullcontext(),
@@ -332,17 +403,8 @@ def train(config: TrainingConfig) -> TrainResult:
         loss_value, grad_norm = torch.stack([total.float(), norm.to(device, torch.float32)]).tolist()
         if not math.isfinite(loss_value):
             optimizer.zero_grad(set_to_none=True)
-            for stream in (metrics, bar):
-                if stream is not None:
-                    stream.close()
-            last_good = checkpoint_dirs(output)
-            where = (
-                f"the last good checkpoint is {last_good[-1]}"
-                if last_good
-                else "no checkpoint was written yet"
-            )
-            raise TrainingError(
-                f"the loss is {loss_value} at step {step + 1}: stopping without applying it; {where}. "
+            raise stop(
+                f"the loss is {loss_value} at step {step + 1}: stopping without applying it. "
                 f"Try a lower learning_rate or mixed_precision='no'"
             )
         optimizer.step()
@@ -351,6 +413,7 @@ def train(config: TrainingConfig) -> TrainResult:
         if ema is not None:
             ema.step(accelerator.unwrap_model(model).parameters())
         step += 1
+        position += per_step
         window_examples += per_step
         if bar is not None:
             bar.update(1)
@@ -365,24 +428,24 @@ def train(config: TrainingConfig) -> TrainResult:
                 lr=lr_scheduler.get_last_lr()[0],
                 grad_norm=grad_norm if config.max_grad_norm is not None else None,
                 examples_per_second=window_examples / max(now - window_start, 1e-9),
-                epoch=step * per_step / len(data),
+                epoch=position / len(data),
             )
             window_start, window_examples = now, 0
         if config.sample_every and step % config.sample_every == 0 and accelerator.is_main_process:
             _save_samples(
                 output / "samples" / f"step-{step:08d}.png",
-                _pipeline(accelerator, model, ema, scheduler),
+                _pipeline(accelerator, model, ema, scheduler, config, data.shape),
                 config,
             )
         if step == config.max_steps or (config.checkpoint_every and step % config.checkpoint_every == 0):
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
                 path = save_checkpoint(
-                    output, step, accelerator.unwrap_model(model), optimizer, ema, sampler, config
+                    output, step, position, accelerator.unwrap_model(model), optimizer, ema, sampler, config
                 )
                 logger.info("saved %s", path)
                 if config.push_every_checkpoint:
-                    pipe = _pipeline(accelerator, model, ema, scheduler)
+                    pipe = _pipeline(accelerator, model, ema, scheduler, config, data.shape)
                     seconds = time.perf_counter() - started
                     push_error = _push(_save_pipeline(pipe, config, step, seconds, loss_value), config, step)
                     pushed_step = step
@@ -393,7 +456,8 @@ def train(config: TrainingConfig) -> TrainResult:
     seconds = time.perf_counter() - started
     pipeline_dir = output / "pipeline"
     if accelerator.is_main_process:
-        _save_pipeline(_pipeline(accelerator, model, ema, scheduler), config, step, seconds, loss_value)
+        pipe = _pipeline(accelerator, model, ema, scheduler, config, data.shape)
+        _save_pipeline(pipe, config, step, seconds, loss_value)
         if config.push_to_hub and pushed_step != step:
             push_error = _push(pipeline_dir, config, step)
         metrics.close()
@@ -412,15 +476,14 @@ def _dropout_seed(seed: int, index: int, rank: int) -> Iterator[None]:
         yield
 
 
-def _pipeline(accelerator, model, ema, scheduler) -> DDPMPipeline:
-    """A CPU pipeline with a copy of the model holding the EMA weights (the trained ones
-    without an EMA)."""
-    import copy
-
-    net = copy.deepcopy(accelerator.unwrap_model(model)).to("cpu").eval()
+def _pipeline(accelerator, model, ema, scheduler, config: TrainingConfig, shape) -> DDPMPipeline:
+    """A CPU pipeline with a fresh model (contiguous, not compiled) holding the EMA weights
+    (the trained ones without an EMA)."""
+    net = build_model(config, shape)
+    net.load_state_dict(accelerator.unwrap_model(model).state_dict())
     if ema is not None:
         ema.copy_to(net.parameters())
-    pipe = DDPMPipeline(unet=net, scheduler=schedulers.DDPMScheduler.from_config(scheduler.config))
+    pipe = DDPMPipeline(unet=net.eval(), scheduler=schedulers.DDPMScheduler.from_config(scheduler.config))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

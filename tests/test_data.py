@@ -94,15 +94,15 @@ def test_digits_num_samples_takes_the_first():
 def test_folder_rgb(tmp_path):
     write_image(tmp_path / "b.png", "RGB", (4, 4), (255, 0, 0))
     write_image(tmp_path / "sub" / "c.JPG", "RGB", (4, 4), (0, 255, 0))  # recursive, any case
-    write_image(tmp_path / "a.bmp", "L", (4, 4), 0)  # one greyscale image among RGB: all RGB
+    write_image(tmp_path / "z.bmp", "L", (4, 4), 0)  # a greyscale image after a colour one: RGB
     (tmp_path / "notes.txt").write_text("not an image")
     data = load_dataset(tmp_path)
     assert data.shape == (3, 3, 4, 4) and data.dtype == torch.float32
     assert data.min() >= -1 and data.max() <= 1
-    # sorted by path: a.bmp, b.png, sub/c.JPG
-    assert torch.equal(data[0], torch.full((3, 4, 4), -1.0))
-    assert torch.equal(data[1, :, 0, 0], torch.tensor([1.0, -1, -1]))
-    assert data[2, 1].mean() > 0.9  # green, through JPEG
+    # sorted by path: b.png, sub/c.JPG, z.bmp
+    assert torch.equal(data[0, :, 0, 0], torch.tensor([1.0, -1, -1]))
+    assert data[1, 1].mean() > 0.9  # green, through JPEG
+    assert torch.equal(data[2], torch.full((3, 4, 4), -1.0))
     assert torch.equal(load_dataset(str(tmp_path), num_samples=2), data[:2])
     with pytest.raises(ValueError, match=names("num_samples=4", "3", re.escape(str(tmp_path)))):
         load_dataset(tmp_path, num_samples=4)
@@ -116,10 +116,19 @@ def test_folder_greyscale_stays_one_channel(tmp_path):
     assert torch.allclose(data[:, 0, 0, 0], torch.tensor([51 / 127.5 - 1, 1.0]))
 
 
+def test_the_first_image_fixes_the_mode_so_a_later_colour_image_is_named(tmp_path):
+    """Nothing reads the whole dataset up front: a greyscale first image makes the dataset
+    greyscale, and a colour image after it is an error naming both, not a silent conversion."""
+    write_image(tmp_path / "a.png", "L", (4, 4), 9)
+    write_image(tmp_path / "b.png", "RGB", (4, 4), (1, 2, 3))
+    with pytest.raises(ValueError, match=names("b.png", "colour", "greyscale", "a.png")):
+        load_dataset(tmp_path)
+
+
 def test_folder_mixed_sizes_need_image_size(tmp_path):
     write_image(tmp_path / "a.png", "RGB", (8, 8), (10, 20, 30))
     write_image(tmp_path / "b.png", "RGB", (6, 10), (200, 100, 0))
-    with pytest.raises(ValueError, match=names("a.png is 8×8", "b.png is 6×10", "image_size")):
+    with pytest.raises(ValueError, match=names("b.png' is 6×10", "a.png' is 8×8", "image_size")):
         load_dataset(tmp_path)
     data = load_dataset(tmp_path, image_size=4)
     assert data.shape == (2, 3, 4, 4)
@@ -129,7 +138,7 @@ def test_folder_mixed_sizes_need_image_size(tmp_path):
 
 def test_folder_one_non_square_size_needs_image_size(tmp_path):
     write_image(tmp_path / "a.png", "L", (6, 4))
-    with pytest.raises(ValueError, match=names("a.png is 6×4", "square", "image_size")):
+    with pytest.raises(ValueError, match=names("a.png' is 6×4", "square", "image_size")):
         load_dataset(tmp_path)
     assert load_dataset(tmp_path, image_size=3).shape == (1, 1, 3, 3)
 
