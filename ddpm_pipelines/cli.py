@@ -23,7 +23,14 @@ CHOICES = {
     "lr_schedule": training.LR_SCHEDULES,
 }
 # Options whose default is None, by the type of their value.
-OPTIONAL_TYPES = {"num_samples": int, "image_size": int, "variance_type": str, "push_to_hub": str}
+OPTIONAL_TYPES = {
+    "num_samples": int,
+    "image_size": int,
+    "variance_type": str,
+    "push_to_hub": str,
+    "num_workers": int,
+    "random_flip": bool,
+}
 
 
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
@@ -33,16 +40,16 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
             continue
         flag = "--" + f.name.replace("_", "-")
         help = f.metadata["help"]
+        kind = OPTIONAL_TYPES.get(f.name) or type(f.default)
         if f.name == "output_dir":
             parser.add_argument(flag, required=True, help=help)
-        elif isinstance(f.default, bool):
+        elif kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help)
         elif f.name == "max_grad_norm":
             parser.add_argument(
                 flag, type=_float_or_none, default=f.default, help=help + " ('none': no clipping)"
             )
         else:
-            kind = OPTIONAL_TYPES.get(f.name) or type(f.default)
             parser.add_argument(flag, type=kind, default=f.default, choices=CHOICES.get(f.name), help=help)
 
 

@@ -10,7 +10,16 @@ import pytest
 import torch
 from PIL import Image
 
-from ddpm_pipelines.data import DATASET_NAMES, is_points, load_dataset
+from ddpm_pipelines.data import (
+    DATASET_NAMES,
+    ImageReadError,
+    data_indices,
+    example_batches,
+    flips,
+    image_dataset,
+    is_points,
+    load_dataset,
+)
 
 
 def names(*patterns: str) -> str:
@@ -288,3 +297,94 @@ def test_missing_optional_dependency(monkeypatch, name, module):
 def test_is_points():
     assert is_points(torch.zeros(3, 2))
     assert not is_points(torch.zeros(3, 1, 8, 8))
+
+
+# ---- images read on demand, and the run's example stream -------------------------------------
+
+
+def _columns_image(path, size: tuple[int, int]) -> None:
+    """An RGB image (W, H) whose pixel (x, y) is (10·x, 10·y, 0): left differs from right
+    and top from bottom, so a flip or a crop is seen exactly."""
+    width, height = size
+    x, y = np.meshgrid(np.arange(width), np.arange(height))  # (H, W)
+    pixels = np.stack([10 * x, 10 * y, np.zeros_like(x)], axis=-1).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+
+
+@pytest.mark.parametrize("size", [(8, 4), (4, 8)])
+def test_center_crop_keeps_the_centre(tmp_path, size):
+    """The shorter side is already 4: no resize, the centre 4 × 4 cropped (offset 2)."""
+    _columns_image(tmp_path / "a.png", size)
+    pixels = image_dataset(tmp_path, image_size=4, center_crop=True)[0]  # (3, 4, 4) uint8
+    wide = size[0] > size[1]
+    columns, rows = (range(2, 6), range(4)) if wide else (range(4), range(2, 6))
+    assert torch.equal(pixels[0], torch.tensor([[10 * x for x in columns]] * 4, dtype=torch.uint8))
+    assert torch.equal(pixels[1], torch.tensor([[10 * y] * 4 for y in rows], dtype=torch.uint8))
+
+
+def test_center_crop_resizes_the_shorter_side_then_crops(tmp_path):
+    write_image(tmp_path / "a.png", "RGB", (40, 20), (200, 30, 7))  # flat: resizing keeps it
+    pixels = image_dataset(tmp_path, image_size=10, center_crop=True)[0]
+    assert pixels.shape == (3, 10, 10) and torch.equal(pixels[:, 5, 5], torch.tensor([200, 30, 7]).byte())
+    # without center_crop the image is squeezed to 10 × 10 instead
+    assert image_dataset(tmp_path, image_size=10)[0].shape == (3, 10, 10)
+
+
+def test_only_the_first_image_is_read_up_front(tmp_path, monkeypatch):
+    for i in range(5):
+        write_image(tmp_path / f"{i}.png", "L", (4, 4), i)
+    opened = []
+    real = Image.open
+    monkeypatch.setattr(Image, "open", lambda path, *a, **k: opened.append(path) or real(path, *a, **k))
+    images = image_dataset(tmp_path)
+    assert images.shape == (5, 1, 4, 4) and len(opened) == 1
+    assert images[3][0, 0, 0] == 3 and len(opened) == 2
+
+
+def test_flips_are_a_coin_of_the_stream_position(tmp_path):
+    """An asymmetric image at every position: the flipped examples are exactly the mirror
+    image, where `flips(seed, position)` says, about half of them, and the same whether
+    one process reads the global batch or two processes read a half each."""
+    _columns_image(tmp_path / "a.png", (4, 4))
+    data = load_dataset(tmp_path).expand(64, -1, -1, -1)  # one image, 64 times
+    one = torch.cat(list(example_batches(data, seed=3, start=5, count=4, batch_size=16, random_flip=True)))
+    expected = flips(3, torch.arange(5, 5 + 64))
+    assert 16 < int(expected.sum()) < 48
+    assert torch.equal(one[expected], data[:1].flip(-1).expand(int(expected.sum()), -1, -1, -1))
+    assert torch.equal(one[~expected], data[:1].expand(int((~expected).sum()), -1, -1, -1))
+    halves = [
+        list(example_batches(data, seed=3, start=5, count=4, batch_size=8, rank=r, world=2, random_flip=True))
+        for r in range(2)
+    ]
+    assert torch.equal(torch.cat([torch.cat(pair) for pair in zip(*halves, strict=True)]), one)
+    assert torch.equal(torch.cat(list(example_batches(data, seed=3, start=5, count=4, batch_size=16))), data)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_dataset_read_by_workers_gives_the_tensor_path_batches(tmp_path, num_workers):
+    """The DataLoader (workers or not) yields what indexing the decoded tensor does: the
+    stream's order is (seed, epoch)'s, across epochs, whoever decodes."""
+    for i in range(10):
+        write_image(tmp_path / f"{i:02d}.png", "RGB", (4, 4), (i, 2 * i, 3 * i))
+    options = dict(seed=1, start=7, count=6, batch_size=3, rank=1, world=2, random_flip=True)
+    lazy = list(example_batches(image_dataset(tmp_path), num_workers=num_workers, **options))
+    eager = list(example_batches(load_dataset(tmp_path), **options))
+    assert len(lazy) == 6 and all(torch.equal(a, b) for a, b in zip(lazy, eager, strict=True))
+    # rank 1's slices of 6 global batches of 6 from position 7 (epochs 0 to 4 of the 10
+    # images): image i is flat, with red level i
+    indices = torch.cat([data_indices(10, 1, 7 + 6 * k + 3, 3) for k in range(6)])
+    assert torch.equal(torch.cat(eager)[:, 0, 0, 0], indices.float() / 127.5 - 1)
+
+
+def test_an_image_that_cannot_be_read_is_named_by_the_training_process(tmp_path):
+    """A worker's decode error reaches the caller as one clean message naming the file."""
+    for i in range(4):
+        write_image(tmp_path / f"{i}.png", "RGB", (4, 4))
+    (tmp_path / "2.png").write_bytes(b"not a png")
+    batches = example_batches(image_dataset(tmp_path), seed=0, start=0, count=8, batch_size=2, num_workers=1)
+    with pytest.raises(
+        ImageReadError, match=names("cannot read the image", re.escape(repr(str(tmp_path / "2.png"))))
+    ) as caught:
+        list(batches)
+    assert "Traceback" not in str(caught.value) and "\n" not in str(caught.value)
