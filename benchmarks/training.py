@@ -1,20 +1,47 @@
-"""Training throughput: our `train` loop against diffusers' unconditional training recipe
-(examples/unconditional_image_generation/train_unconditional.py: a shuffled DataLoader,
-noise and t drawn per batch, `add_noise`, the UNet, an MSE loss, `accelerator.backward`,
-gradient clipping, AdamW, a warm-up schedule and diffusers' EMAModel, the loss read back
-every step for its logs) on the same model, data, batch size and precision, in one run.
+"""Training throughput, model FLOP utilization and memory of our `train` loop, against
+diffusers' unconditional training recipe, in one run (issue 12).
 
-  --device cpu (default): the "tiny-8" UNet on scikit-learn's 8×8 digits, batch 128.
-  --device cuda: the "ddpm-cifar10-32" preset (35.7M parameters), batch 128, on random
-      32×32 RGB data (CIFAR-10 itself needs a download), fp32 and --mixed-precision bf16.
+1. Throughput (examples per second) of the same model, batch and precision, fed from a
+   folder of generated PNG images, per image size:
+   - "diffusers recipe": train_unconditional.py's inner loop (a shuffled DataLoader over
+     the decoded images in memory, noise and t drawn per batch, `add_noise`, the UNet, an
+     MSE loss, `accelerator.backward`, clipping, AdamW, a warm-up schedule, diffusers'
+     EMAModel, the loss read back every step for its logs);
+   - "ours, in memory": `train` on the folder decoded whole into one tensor
+     (`data.load_dataset`, the old way);
+   - "ours, loader": `train` as it is, reading the folder lazily through its DataLoader
+     with the default number of worker processes (`data.default_num_workers`);
+   - "ours compiled, loader": the same with compile=True (not with --no-compile).
+   Both loops use L_simple with uniform t, so the work per step is the same. Each run is
+   timed over `--steps` steps after `--warmup` untimed ones (which cover torch.compile);
+   ours from its own metrics.jsonl, logged every step. Ratios: loader / in memory (the
+   issue's target ≥ 0.90), ours eager (loader) / diffusers and ours compiled (loader) /
+   diffusers (target ≥ 1.2).
+2. Model FLOP utilization beside each figure: the forward FLOPs of one sample, counted in
+   the run by torch.utils.flop_counter.FlopCounterMode (attention through the math
+   backend, so that its matmuls are counted), times 3 for a training step (forward and
+   backward), times examples per second, over a peak measured in the same run: the best
+   of several large square matmuls (float32 on the CPU, bfloat16 on CUDA).
+3. Memory: the peak proportional set size of a training run's whole process tree (the
+   DataLoader's workers included; `common.peak_pss_bytes`), a few steps on a folder of
+   `--memory-images` PNGs against the same on `--memory-few` of them (the issue's bound:
+   within 150 MB), each read by the loader and, for comparison, decoded in memory.
+   Each run is a child process of this script (the hidden --memory-child flag).
 
-Both loops use L_simple with uniform t (the recipe's objective), so the work per step is
-the same; ours adds what it always does (its per-step seeded generators, the NaN check,
-metrics). Steps are timed after `--warmup` steps; the figure is examples per second.
+  --device cpu (default): the "small-32" UNet (sized to the images), batch 64, fp32, on
+      smooth images (uniform noise at a quarter of the side, upsampled bicubic, so that
+      their PNGs decode about as natural images do), 32×32 and 64×64; memory on 64×64.
+  --device cuda: the "ddpm-cifar10-32" preset, batch 128, fp32 and --mixed-precision bf16,
+      on random 32×32 images (CIFAR-10 itself needs a download); MFU against the bf16
+      matmul peak for both precisions.
 
-    python benchmarks/training.py [--device cuda] [--steps 50] [--warmup 5] [--batch-size 128]
+The figures in the README come from
 
-It prints a Markdown table and writes benchmarks/results/training_<device>.json.
+    python benchmarks/training.py                  # and: --device cuda
+
+(--steps, --warmup, --batch-size, --sizes, --images, --memory-images, --memory-few,
+--memory-size, --no-memory and --no-compile make shorter runs.) It prints Markdown
+tables and writes the figures to benchmarks/results/training_<device>.json (--out).
 """
 
 from __future__ import annotations
@@ -23,28 +50,47 @@ import argparse
 import copy
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import sync
+from common import peak_pss_bytes, sync
 
-from ddpm_pipelines.data import load_dataset
+from ddpm_pipelines import training
+from ddpm_pipelines.data import default_num_workers, load_dataset
 from ddpm_pipelines.models import UNetModel
-from ddpm_pipelines.training import TrainingConfig, train
+
+# Per device: the UNet preset, the batch size, the precisions, the image sizes, and the
+# side of the noise that is upsampled into each image (as a fraction of the image's side).
+SETUPS = {
+    "cpu": dict(preset="small-32", batch_size=64, precisions=("no",), sizes="32,64", detail=1 / 4),
+    "cuda": dict(preset="ddpm-cifar10-32", batch_size=128, precisions=("no", "bf16"), sizes="32", detail=1),
+}
+VARIANTS = ("diffusers recipe", "ours, in memory", "ours, loader", "ours compiled, loader")
+DIFFUSERS, IN_MEMORY, LOADER, COMPILED = VARIANTS
+MEMORY_STEPS = 3
+MB = 1e6
 
 
-def diffusers_recipe(model, data, batch_size, steps, warmup, device, mixed_precision) -> float:
-    """Examples per second of train_unconditional.py's inner loop over `steps` steps."""
+# ---- the two loops ---------------------------------------------------------------------------------
+
+
+def diffusers_recipe(model, data, batch_size, steps, warmup, device, mixed_precision) -> tuple[float, float]:
+    """(examples per second of train_unconditional.py's inner loop over `steps` steps after
+    `warmup`, seconds from the start to the end of the warm-up steps)."""
     import diffusers
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
 
+    called = time.perf_counter()
     AcceleratorState._reset_state(reset_partial_state=False)  # a precision of its own, as `train` does
     accelerator = Accelerator(mixed_precision=mixed_precision, cpu=device.type == "cpu")
     scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000)
@@ -83,102 +129,339 @@ def diffusers_recipe(model, data, batch_size, steps, warmup, device, mixed_preci
             if done == steps + warmup:
                 break
     sync(device)
-    return steps * batch_size / (time.perf_counter() - start)
+    return steps * batch_size / (time.perf_counter() - start), start - called
 
 
-def ours(dataset, preset, batch_size, steps, warmup, mixed_precision) -> float:
-    """Examples per second of `train`, from its own metrics after the warm-up steps."""
+def ours(
+    folder, preset, batch_size, steps, warmup, mixed_precision, *, in_memory: bool, compile: bool
+) -> tuple[float, float]:
+    """(examples per second of `train` over `steps` steps after `warmup`, from its own
+    metrics, logged every step; seconds from calling it to the end of the warm-up steps:
+    reading the data, building the model, compiling it)."""
     with tempfile.TemporaryDirectory() as out:
-        config = TrainingConfig(
-            output_dir=out,
-            dataset=dataset,
-            model=preset,
-            batch_size=batch_size,
-            max_steps=steps + warmup,
-            log_every=warmup,
-            checkpoint_every=0,
-            learning_rate=1e-4,
-            lr_schedule="cosine",
-            warmup_steps=10,
-            ema_decay=0.9999,
-            mixed_precision=mixed_precision,
-            progress=False,
-            tensorboard=False,
-        )
-        train(config)
+        called = time.time()  # the metrics' clock
+        with decoded_in_memory(in_memory):
+            training.train(
+                run_config(out, folder, preset, batch_size, steps + warmup, mixed_precision, compile)
+            )
         records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-    # Logged at steps warmup, 2·warmup, …, steps + warmup: the first to the last spans `steps`.
-    return steps * batch_size / (records[-1]["time"] - records[0]["time"])
+    # records[i] is step i + 1: from step `warmup` to the last one spans `steps` steps.
+    first, last = records[warmup - 1], records[-1]
+    return steps * batch_size / (last["time"] - first["time"]), first["time"] - called
 
 
-def main() -> None:
+def run_config(
+    out, folder, preset, batch_size, max_steps, mixed_precision, compile
+) -> training.TrainingConfig:
+    """The recipe's settings (L_simple, uniform t, AdamW at 1e-4 with 10 warm-up steps and a
+    cosine decay, EMA), a line of metrics every step, no checkpoint before the end."""
+    return training.TrainingConfig(
+        output_dir=out,
+        dataset=folder,
+        model=preset,
+        batch_size=batch_size,
+        max_steps=max_steps,
+        log_every=1,
+        checkpoint_every=0,
+        learning_rate=1e-4,
+        lr_schedule="cosine",
+        warmup_steps=10,
+        ema_decay=0.9999,
+        mixed_precision=mixed_precision,
+        compile=compile,
+        progress=False,
+        tensorboard=False,
+    )
+
+
+@contextmanager
+def decoded_in_memory(enabled: bool) -> Iterator[None]:
+    """While inside (when `enabled`), `train` gets its folder decoded whole into one float32
+    tensor by `load_dataset` (the old way) instead of an ImageDataset read by workers."""
+    original = training.training_data
+    if enabled:
+        training.training_data = lambda config: load_dataset(config.dataset, num_samples=config.num_samples)
+    try:
+        yield
+    finally:
+        training.training_data = original
+
+
+# ---- FLOPs -------------------------------------------------------------------------------------------
+
+
+def forward_flops(model: torch.nn.Module, size: int) -> int:
+    """The forward FLOPs of one sample (3, size, size), counted by FlopCounterMode; attention
+    through the math backend, whose matmuls it counts (the fused CPU kernel it does not)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = copy.deepcopy(model).cpu()
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, size, size), torch.tensor([1]))
+    return counter.get_total_flops()
+
+
+def peak_flops(device: torch.device) -> tuple[float, str]:
+    """(FLOP/s, how it was measured): the best of 10 square matmuls, float32 n = 2048 on the
+    CPU, bfloat16 n = 8192 on CUDA."""
+    n, dtype = (2048, torch.float32) if device.type == "cpu" else (8192, torch.bfloat16)
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(10):
+        sync(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    dtype_name = str(dtype).removeprefix("torch.")
+    return 2 * n**3 / best, f"best of 10 torch.mm of {n}×{n} {dtype_name} matrices on {device.type}"
+
+
+# ---- data --------------------------------------------------------------------------------------------
+
+
+def write_images(folder: Path, count: int, size: int, detail: int, seed: int = 0) -> Path:
+    """`count` RGB PNGs of size × size: uniform noise at detail × detail, upsampled bicubic
+    (detail == size: the noise itself)."""
+    import PIL.Image
+
+    folder.mkdir(parents=True)
+    generator = torch.Generator().manual_seed(seed)
+    for first in range(0, count, 256):
+        noise = torch.rand(min(256, count - first), 3, detail, detail, generator=generator)
+        images = F.interpolate(noise, size=size, mode="bicubic").clamp(0, 1)  # (n, 3, S, S)
+        pixels = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()  # (n, S, S, 3)
+        for i, image in enumerate(pixels):
+            PIL.Image.fromarray(image).save(folder / f"{first + i:05d}.png")
+    return folder
+
+
+# ---- memory ------------------------------------------------------------------------------------------
+
+
+def memory_child(args: argparse.Namespace) -> None:
+    """A few steps of `train` on the folder --memory-child, read as --memory-child-data says."""
+    preset = SETUPS[args.device]["preset"]
+    with tempfile.TemporaryDirectory() as out, decoded_in_memory(args.memory_child_data == "memory"):
+        training.train(run_config(out, args.memory_child, preset, args.batch_size, MEMORY_STEPS, "no", False))
+
+
+def peak_memory(folder: Path, data: str, args: argparse.Namespace) -> int:
+    """The peak PSS, in bytes, of a child process training on `folder` and its workers."""
+    command = [sys.executable, __file__, "--device", args.device, "--batch-size", str(args.batch_size)]
+    command += ["--memory-child", str(folder), "--memory-child-data", data]
+    status, peak = peak_pss_bytes(command)
+    if status != 0:
+        raise SystemExit(f"the memory run failed (exit status {status}): {' '.join(command)}")
+    return peak
+
+
+# ---- the run -----------------------------------------------------------------------------------------
+
+
+def measure(variant, model, data, folder, precision, args) -> tuple[float, float]:
+    """(examples per second, start-up seconds) of one variant, on a copy of `model` (the
+    diffusers recipe, on `data`) or on a model `train` builds from the same seed (ours,
+    on `folder`)."""
+    device, preset = torch.device(args.device), SETUPS[args.device]["preset"]
+    if variant == DIFFUSERS:
+        model = copy.deepcopy(model)
+        return diffusers_recipe(model, data, args.batch_size, args.steps, args.warmup, device, precision)
+    return ours(
+        str(folder),
+        preset,
+        args.batch_size,
+        args.steps,
+        args.warmup,
+        precision,
+        in_memory=variant == IN_MEMORY,
+        compile=variant == COMPILED,
+    )
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--steps", type=int, default=50, help="timed steps (default 50)")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--out", default=None)
+    parser.add_argument("--device", default="cpu", choices=tuple(SETUPS))
+    parser.add_argument("--steps", type=int, default=10, help="timed steps of each run (default 10)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps before them (default 2)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default 64 on cpu, 128 on cuda")
+    parser.add_argument(
+        "--sizes", default=None, help="image sides, comma-separated (default 32,64 on cpu, 32 on cuda)"
+    )
+    parser.add_argument("--images", type=int, default=2000, help="images per throughput folder")
+    parser.add_argument("--memory-images", type=int, default=8000, help="the large memory folder")
+    parser.add_argument("--memory-few", type=int, default=500, help="the small memory folder")
+    parser.add_argument("--memory-size", type=int, default=64, help="the memory folders' image side")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
+    parser.add_argument("--no-compile", action="store_true", help="skip the compiled runs")
+    parser.add_argument("--out", default=None, help="default benchmarks/results/training_<device>.json")
+    parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-child-data", choices=("loader", "memory"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    for flag, value in (
-        ("--steps", args.steps),
-        ("--warmup", args.warmup),
-        ("--batch-size", args.batch_size),
+    setup = SETUPS[args.device]
+    args.batch_size = setup["batch_size"] if args.batch_size is None else args.batch_size
+    sizes = setup["sizes"] if args.sizes is None else args.sizes
+    for flag, value, least, why in (
+        ("--steps", args.steps, 1, ""),
+        ("--warmup", args.warmup, 1, ""),
+        ("--batch-size", args.batch_size, 1, ""),
+        ("--images", args.images, args.batch_size, " (one batch)"),
+        ("--memory-few", args.memory_few, args.batch_size, " (one batch)"),
+        ("--memory-images", args.memory_images, args.memory_few + 1, " (more than --memory-few)"),
     ):
-        if value < 1:
-            parser.error(f"{flag}={value} must be ≥ 1")
-    if args.steps % args.warmup:
-        parser.error(
-            f"--steps={args.steps} must be a multiple of --warmup={args.warmup} (the metrics window)"
-        )
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
+        if value < least:
+            parser.error(f"{flag}={value} must be ≥ {least}{why}")
+    try:
+        args.sizes = [int(side) for side in sizes.split(",")]
+    except ValueError:
+        parser.error(f"--sizes={sizes} must be image sides separated by commas, e.g. 32,64")
+    for flag, side in [("--sizes", side) for side in args.sizes] + [("--memory-size", args.memory_size)]:
+        if side < 8 or side % 8:
+            parser.error(f"{flag}: {side} is not a multiple of 8 (the UNets halve the side up to 3 times)")
+    if (args.memory_child is None) != (args.memory_child_data is None):
+        parser.error("--memory-child and --memory-child-data go together")
+    if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda given but no CUDA device is available")
-    if device.type == "cpu":
-        dataset, preset, precisions = "digits", "tiny-8", ["no"]
-        data = load_dataset("digits")
-    else:
-        preset, precisions = "ddpm-cifar10-32", ["no", "bf16"]
-        folder = tempfile.mkdtemp()
-        data = torch.rand(2048, 3, 32, 32) * 2 - 1
-        _write_images(data, folder)
-        dataset = folder
-    torch.manual_seed(0)
-    model = UNetModel.from_preset(preset, in_channels=data.shape[1], sample_size=data.shape[-1])
-    rows = []
-    for precision in precisions:
-        theirs = diffusers_recipe(
-            copy.deepcopy(model), data, args.batch_size, args.steps, args.warmup, device, precision
-        )
-        mine = ours(dataset, preset, args.batch_size, args.steps, args.warmup, precision)
-        rows.append(dict(precision=precision, diffusers=theirs, ours=mine, ratio=mine / theirs))
-        print(f"  {precision}: diffusers {theirs:.0f}, ours {mine:.0f} examples/s", file=sys.stderr)
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    if args.memory_child:
+        memory_child(args)
+        return
+    began, load_before = time.perf_counter(), os.getloadavg()[0]
+    device, setup = torch.device(args.device), SETUPS[args.device]
+    preset, batch = setup["preset"], args.batch_size
+    peak, peak_how = peak_flops(device)
+    workers = default_num_workers()
+    rows, ratios, flops, memory = [], [], {}, []
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in args.sizes:
+            detail = max(1, round(size * setup["detail"]))
+            folder = write_images(Path(tmp) / f"images-{size}", args.images, size, detail)
+            data = load_dataset(folder)
+            torch.manual_seed(0)
+            model = UNetModel.from_preset(preset, in_channels=3, sample_size=size)
+            flops[size] = forward_flops(model, size)
+            for precision in setup["precisions"]:
+                figures = {}
+                for variant in VARIANTS[:3] if args.no_compile else VARIANTS:
+                    speed, startup = measure(variant, model, data, folder, precision, args)
+                    figures[variant] = speed
+                    mfu = 3 * flops[size] * speed / peak
+                    rows.append(
+                        dict(
+                            size=size,
+                            precision=precision,
+                            variant=variant,
+                            examples_per_second=speed,
+                            mfu=mfu,
+                            startup_seconds=startup,
+                        )
+                    )
+                    print(f"  {size}×{size} {precision} {variant}: {speed:.1f} examples/s", file=sys.stderr)
+                compiled = figures.get(COMPILED)
+                ratios.append(
+                    dict(
+                        size=size,
+                        precision=precision,
+                        loader_over_in_memory=figures[LOADER] / figures[IN_MEMORY],
+                        eager_over_diffusers=figures[LOADER] / figures[DIFFUSERS],
+                        compiled_over_diffusers=None if compiled is None else compiled / figures[DIFFUSERS],
+                    )
+                )
+        if not args.no_memory:
+            detail = max(1, round(args.memory_size * setup["detail"]))
+            many = write_images(Path(tmp) / "memory-many", args.memory_images, args.memory_size, detail)
+            few = Path(tmp) / "memory-few"
+            few.mkdir()
+            for path in sorted(many.iterdir())[: args.memory_few]:
+                shutil.copy(path, few / path.name)
+            for source in ("loader", "memory"):
+                small, large = peak_memory(few, source, args), peak_memory(many, source, args)
+                memory.append(
+                    dict(data=source, few_bytes=small, many_bytes=large, difference_bytes=large - small)
+                )
+                print(f"  memory, {source}: {small / MB:.0f} MB, {large / MB:.0f} MB", file=sys.stderr)
+
     name = (
         torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     )
-    print(
-        f"\n{preset}, batch {args.batch_size}, {args.steps} timed steps, {name}, torch {torch.__version__}\n"
+    meta = dict(
+        preset=preset,
+        batch_size=batch,
+        steps=args.steps,
+        warmup=args.warmup,
+        images=args.images,
+        device=name,
+        torch=torch.__version__,
+        num_workers=workers,
+        peak_flops=peak,
+        peak_how=peak_how,
+        forward_flops_per_sample={str(size): f for size, f in flops.items()},
+        load_average=[load_before, os.getloadavg()[0]],
+        seconds=time.perf_counter() - began,
     )
-    print("| precision | diffusers recipe examples/s | ours examples/s | ours/diffusers |")
-    print("|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['precision']} | {r['diffusers']:.0f} | {r['ours']:.0f} | {r['ratio']:.2f}× |")
+    report(meta, rows, ratios, memory, args)
     out = args.out or f"benchmarks/results/training_{device.type}.json"
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     with open(out, "w", encoding="utf-8") as f:
-        json.dump(dict(preset=preset, batch_size=args.batch_size, device=name, rows=rows), f, indent=2)
+        json.dump(dict(meta=meta, rows=rows, ratios=ratios, memory=memory), f, indent=2)
     print(f"wrote {out}")
 
 
-def _write_images(data: torch.Tensor, folder: str) -> None:
-    """Random RGB data as PNG files (8-bit, so the folder loader reads back the same grid)."""
-    import PIL.Image
-
-    pixels = ((data + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    for i, image in enumerate(pixels):
-        PIL.Image.fromarray(image).save(os.path.join(folder, f"{i:05d}.png"))
-    data.copy_(torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1)
+def report(meta: dict, rows: list[dict], ratios: list[dict], memory: list[dict], args) -> None:
+    """The Markdown tables."""
+    gflops = ", ".join(f"{s}×{s}: {f / 1e9:.3f}" for s, f in meta["forward_flops_per_sample"].items())
+    print(
+        f"\n{meta['preset']}, batch {meta['batch_size']}, "
+        f"{meta['steps']} timed steps after {meta['warmup']}, "
+        f"{meta['images']} images per folder, {meta['device']}, torch {meta['torch']}, "
+        f"{meta['num_workers']} loader worker(s)\n"
+        f"forward GFLOP per sample (FlopCounterMode): {gflops}; a training step counted as 3× forward\n"
+        f"peak {meta['peak_flops'] / 1e9:.1f} GFLOP/s: {meta['peak_how']}\n"
+        f"1-minute load average {meta['load_average'][0]:.2f} at the start, "
+        f"{meta['load_average'][1]:.2f} at the end; {meta['seconds'] / 60:.1f} minutes in all\n"
+    )
+    print("| size | precision | variant | examples/s | MFU | start-up s (data, model, compile, warm-up) |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['size']}×{r['size']} | {r['precision']} | {r['variant']} | "
+            f"{r['examples_per_second']:.1f} | {100 * r['mfu']:.2f}% | {r['startup_seconds']:.0f} |"
+        )
+    print(
+        "\n| size | precision | loader / in memory (target ≥ 0.90) | ours eager / diffusers "
+        "| ours compiled / diffusers (target ≥ 1.2) |"
+    )
+    print("|---|---|---|---|---|")
+    for r in ratios:
+        compiled = "–" if r["compiled_over_diffusers"] is None else f"{r['compiled_over_diffusers']:.2f}×"
+        print(
+            f"| {r['size']}×{r['size']} | {r['precision']} | {r['loader_over_in_memory']:.2f} | "
+            f"{r['eager_over_diffusers']:.2f}× | {compiled} |"
+        )
+    if memory:
+        print(
+            f"\nPeak PSS of the training process tree, {MEMORY_STEPS} steps of batch {meta['batch_size']} "
+            f"on {args.memory_size}×{args.memory_size} PNGs (MB = 10^6 bytes):\n"
+        )
+        print(
+            f"| data | {args.memory_few} images | {args.memory_images} images "
+            "| difference (bound for the loader: 150 MB) |"
+        )
+        print("|---|---|---|---|")
+        for m in memory:
+            label = "loader (lazy)" if m["data"] == "loader" else "decoded in memory (the old way)"
+            print(
+                f"| {label} | {m['few_bytes'] / MB:.0f} MB | {m['many_bytes'] / MB:.0f} MB | "
+                f"{m['difference_bytes'] / MB:+.0f} MB |"
+            )
 
 
 if __name__ == "__main__":
