@@ -51,11 +51,14 @@ import copy
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import torch
@@ -78,12 +81,32 @@ MEMORY_STEPS = 3
 MB = 1e6
 
 
+@dataclass
+class Timing:
+    """A timed run: `ends`, the times at the ends of its last warm-up step and of each timed
+    step after it; `startup`, the seconds from its call to the first of them (reading the
+    data, building the model, compiling it, the warm-up steps)."""
+
+    ends: list[float]
+    batch_size: int
+    startup: float
+
+    @property
+    def examples_per_second(self) -> float:
+        """Over the whole window of timed steps."""
+        return (len(self.ends) - 1) * self.batch_size / (self.ends[-1] - self.ends[0])
+
+    @property
+    def median_step_examples_per_second(self) -> float:
+        """From the median step: less moved by other processes' bursts on a shared machine."""
+        return self.batch_size / statistics.median(b - a for a, b in pairwise(self.ends))
+
+
 # ---- the two loops ---------------------------------------------------------------------------------
 
 
-def diffusers_recipe(model, data, batch_size, steps, warmup, device, mixed_precision) -> tuple[float, float]:
-    """(examples per second of train_unconditional.py's inner loop over `steps` steps after
-    `warmup`, seconds from the start to the end of the warm-up steps)."""
+def diffusers_recipe(model, data, batch_size, steps, warmup, device, mixed_precision) -> Timing:
+    """The timing of train_unconditional.py's inner loop, `warmup` steps then `steps` more."""
     import diffusers
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
@@ -105,12 +128,9 @@ def diffusers_recipe(model, data, batch_size, steps, warmup, device, mixed_preci
     ema = EMAModel(model.parameters(), decay=0.9999, use_ema_warmup=True, power=3 / 4)
     ema.to(accelerator.device)
     model.train()
-    done, start = 0, None
+    done, ends = 0, []  # the time at the end of step warmup, warmup + 1, …
     while done < steps + warmup:
         for (clean,) in loader:
-            if done == warmup:
-                sync(device)
-                start = time.perf_counter()
             noise = torch.randn(clean.shape, device=clean.device)
             t = torch.randint(0, 1000, (clean.shape[0],), device=clean.device).long()
             noisy = scheduler.add_noise(clean, noise, t)
@@ -126,18 +146,19 @@ def diffusers_recipe(model, data, batch_size, steps, warmup, device, mixed_preci
                 ema.step(model.parameters())
             loss.detach().item()  # the recipe logs the loss every step
             done += 1
+            if done >= warmup:
+                sync(device)
+                ends.append(time.perf_counter())
             if done == steps + warmup:
                 break
-    sync(device)
-    return steps * batch_size / (time.perf_counter() - start), start - called
+    return Timing(ends, batch_size, ends[0] - called)
 
 
 def ours(
     folder, preset, batch_size, steps, warmup, mixed_precision, *, in_memory: bool, compile: bool
-) -> tuple[float, float]:
-    """(examples per second of `train` over `steps` steps after `warmup`, from its own
-    metrics, logged every step; seconds from calling it to the end of the warm-up steps:
-    reading the data, building the model, compiling it)."""
+) -> Timing:
+    """The timing of `train`, `warmup` steps then `steps` more, from its own metrics,
+    logged every step."""
     with tempfile.TemporaryDirectory() as out:
         called = time.time()  # the metrics' clock
         with decoded_in_memory(in_memory):
@@ -145,9 +166,8 @@ def ours(
                 run_config(out, folder, preset, batch_size, steps + warmup, mixed_precision, compile)
             )
         records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-    # records[i] is step i + 1: from step `warmup` to the last one spans `steps` steps.
-    first, last = records[warmup - 1], records[-1]
-    return steps * batch_size / (last["time"] - first["time"]), first["time"] - called
+    ends = [record["time"] for record in records[warmup - 1 :]]  # records[i] is step i + 1
+    return Timing(ends, batch_size, ends[0] - called)
 
 
 def run_config(
@@ -261,10 +281,9 @@ def peak_memory(folder: Path, data: str, args: argparse.Namespace) -> int:
 # ---- the run -----------------------------------------------------------------------------------------
 
 
-def measure(variant, model, data, folder, precision, args) -> tuple[float, float]:
-    """(examples per second, start-up seconds) of one variant, on a copy of `model` (the
-    diffusers recipe, on `data`) or on a model `train` builds from the same seed (ours,
-    on `folder`)."""
+def measure(variant, model, data, folder, precision, args) -> Timing:
+    """One variant's run: the diffusers recipe on a copy of `model` and on `data`; ours on
+    `folder`, with the model `train` builds from the same seed."""
     device, preset = torch.device(args.device), SETUPS[args.device]["preset"]
     if variant == DIFFUSERS:
         model = copy.deepcopy(model)
@@ -279,6 +298,18 @@ def measure(variant, model, data, folder, precision, args) -> tuple[float, float
         in_memory=variant == IN_MEMORY,
         compile=variant == COMPILED,
     )
+
+
+def speed_ratios(timings: dict[str, Timing]) -> dict[str, float | None]:
+    """The issue's ratios, over the whole window and (`median_…`) from the median steps."""
+    out = {}
+    for prefix, figure in (("", "examples_per_second"), ("median_", "median_step_examples_per_second")):
+        speed = {variant: getattr(timing, figure) for variant, timing in timings.items()}
+        out[prefix + "loader_over_in_memory"] = speed[LOADER] / speed[IN_MEMORY]
+        out[prefix + "eager_over_diffusers"] = speed[LOADER] / speed[DIFFUSERS]
+        compiled = speed.get(COMPILED)
+        out[prefix + "compiled_over_diffusers"] = None if compiled is None else compiled / speed[DIFFUSERS]
+    return out
 
 
 def parse_args() -> argparse.Namespace:
@@ -349,32 +380,23 @@ def main() -> None:
             model = UNetModel.from_preset(preset, in_channels=3, sample_size=size)
             flops[size] = forward_flops(model, size)
             for precision in setup["precisions"]:
-                figures = {}
+                timings = {}
                 for variant in VARIANTS[:3] if args.no_compile else VARIANTS:
-                    speed, startup = measure(variant, model, data, folder, precision, args)
-                    figures[variant] = speed
-                    mfu = 3 * flops[size] * speed / peak
+                    timing = timings[variant] = measure(variant, model, data, folder, precision, args)
+                    speed = timing.examples_per_second
                     rows.append(
                         dict(
                             size=size,
                             precision=precision,
                             variant=variant,
                             examples_per_second=speed,
-                            mfu=mfu,
-                            startup_seconds=startup,
+                            median_step_examples_per_second=timing.median_step_examples_per_second,
+                            mfu=3 * flops[size] * speed / peak,
+                            startup_seconds=timing.startup,
                         )
                     )
                     print(f"  {size}×{size} {precision} {variant}: {speed:.1f} examples/s", file=sys.stderr)
-                compiled = figures.get(COMPILED)
-                ratios.append(
-                    dict(
-                        size=size,
-                        precision=precision,
-                        loader_over_in_memory=figures[LOADER] / figures[IN_MEMORY],
-                        eager_over_diffusers=figures[LOADER] / figures[DIFFUSERS],
-                        compiled_over_diffusers=None if compiled is None else compiled / figures[DIFFUSERS],
-                    )
-                )
+                ratios.append(dict(size=size, precision=precision, **speed_ratios(timings)))
         if not args.no_memory:
             detail = max(1, round(args.memory_size * setup["detail"]))
             many = write_images(Path(tmp) / "memory-many", args.memory_images, args.memory_size, detail)
@@ -428,24 +450,32 @@ def report(meta: dict, rows: list[dict], ratios: list[dict], memory: list[dict],
         f"1-minute load average {meta['load_average'][0]:.2f} at the start, "
         f"{meta['load_average'][1]:.2f} at the end; {meta['seconds'] / 60:.1f} minutes in all\n"
     )
-    print("| size | precision | variant | examples/s | MFU | start-up s (data, model, compile, warm-up) |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| size | precision | variant | examples/s | MFU | examples/s from the median step "
+        "| start-up s (data, model, compile, warm-up) |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['size']}×{r['size']} | {r['precision']} | {r['variant']} | "
-            f"{r['examples_per_second']:.1f} | {100 * r['mfu']:.2f}% | {r['startup_seconds']:.0f} |"
+            f"{r['examples_per_second']:.1f} | {100 * r['mfu']:.2f}% | "
+            f"{r['median_step_examples_per_second']:.1f} | {r['startup_seconds']:.0f} |"
         )
+    print("\nRatios over the timed window (from the median steps):\n")
     print(
-        "\n| size | precision | loader / in memory (target ≥ 0.90) | ours eager / diffusers "
-        "| ours compiled / diffusers (target ≥ 1.2) |"
+        "| size | precision | loader / in memory (target ≥ 0.90) | ours eager (loader) / diffusers "
+        "| ours compiled (loader) / diffusers (target ≥ 1.2) |"
     )
     print("|---|---|---|---|---|")
     for r in ratios:
-        compiled = "–" if r["compiled_over_diffusers"] is None else f"{r['compiled_over_diffusers']:.2f}×"
-        print(
-            f"| {r['size']}×{r['size']} | {r['precision']} | {r['loader_over_in_memory']:.2f} | "
-            f"{r['eager_over_diffusers']:.2f}× | {compiled} |"
-        )
+        cells = [
+            " ".join(
+                "–" if r[prefix + key] is None else pattern.format(r[prefix + key])
+                for prefix, pattern in (("", "{:.2f}"), ("median_", "({:.2f})"))
+            )
+            for key in ("loader_over_in_memory", "eager_over_diffusers", "compiled_over_diffusers")
+        ]
+        print(f"| {r['size']}×{r['size']} | {r['precision']} | " + " | ".join(cells) + " |")
     if memory:
         print(
             f"\nPeak PSS of the training process tree, {MEMORY_STEPS} steps of batch {meta['batch_size']} "

@@ -147,7 +147,7 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __init__(self, source: _FileImages | _HubImages, image_size: int | None, center_crop: bool = False):
         self.source, self.center_crop, self.resize = source, center_crop, image_size is not None
-        first = self._open(0)
+        first = _decode(source, 0)
         self.mode = "L" if first.mode in _GREY_MODES else "RGB"
         if image_size is None:
             width, height = first.size
@@ -168,8 +168,12 @@ class ImageDataset(torch.utils.data.Dataset):
         return len(self.source)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        image = self._open(index)
-        label = self.source.label(index)
+        return self.pixels(self.source, index)
+
+    def pixels(self, source: _FileImages | _HubImages | _OneImage, index: int) -> torch.Tensor:
+        """Image `index` of `source`, decoded and converted to this dataset's format."""
+        image = _decode(source, index)
+        label = source.label(index)
         if image.mode.startswith(("I", "F")):  # 16/32-bit: converting to 8 bits would clip
             raise ImageReadError(f"{label} has the PIL mode {image.mode!r}; only 8-bit images are supported")
         if self.mode == "L" and image.mode not in _GREY_MODES:
@@ -192,14 +196,15 @@ class ImageDataset(torch.utils.data.Dataset):
         array = torch.from_numpy(np.array(image)).reshape(size, size, -1)  # (S, S, C)
         return array.permute(2, 0, 1).contiguous()  # (C, S, S) uint8
 
-    def _open(self, index: int) -> Image.Image:
-        """Image `index`, decoded; a file that cannot be: ImageReadError naming it."""
-        try:
-            image = self.source.open(index)
-            image.load()  # decode now, so a truncated file fails here, naming itself
-        except (OSError, SyntaxError, ValueError) as err:
-            raise ImageReadError(f"cannot read the image {self.source.label(index)}: {err}") from err
-        return image
+
+def _decode(source: _FileImages | _HubImages | _OneImage, index: int) -> Image.Image:
+    """Image `index` of `source`, decoded; one that cannot be: ImageReadError naming it."""
+    try:
+        image = source.open(index)
+        image.load()  # decode now, so a truncated file fails here, naming itself
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ImageReadError(f"cannot read the image {source.label(index)}: {err}") from err
+    return image
 
 
 def center_crop(image: Image.Image, size: int) -> Image.Image:
@@ -263,6 +268,108 @@ class _HubImages:
     def label(self, index: int) -> str:
         path = self.dataset[index][self.column].get("path")
         return f"{self.where}, row {index}" + (f" ({path})" if path else "")
+
+
+class _OneImage:
+    """One encoded image of a stream, as a source of one item."""
+
+    def __init__(self, value: dict[str, Any], label: str):
+        self.value, self._label = value, label
+
+    def __len__(self) -> int:
+        return 1
+
+    def open(self, index: int) -> Image.Image:
+        return _open_encoded(self.value)
+
+    def label(self, index: int) -> str:
+        return self._label
+
+
+class StreamingImages:
+    """A Hugging Face dataset read as a stream (`datasets.load_dataset(..., streaming=True)`),
+    for data larger than the disk cache: nothing is downloaded or decoded ahead of the run.
+
+    Epoch e of the stream is the dataset shuffled through a buffer of `buffer_size` examples,
+    seeded by (seed, e) (datasets' `shuffle` and `set_epoch`), so the order is a function of
+    (seed, epoch) for a given list of data files. The format is fixed by the stream's first
+    example, as `ImageDataset`'s by its first image. `shape[0]` is the split's size when the
+    dataset's metadata says it, else None."""
+
+    def __init__(
+        self, name: str, split: str, image_size: int | None, center_crop: bool, seed: int, buffer_size: int
+    ):
+        datasets = _optional_import("datasets", "datasets")
+        self.where = f"Hugging Face dataset {name!r} split {split!r} (streamed)"
+        stream = _load_hub_dataset(datasets, name, split, self.where, streaming=True)
+        self.column = _image_column(datasets, stream, self.where)
+        stream = stream.select_columns([self.column]).cast_column(self.column, datasets.Image(decode=False))
+        try:
+            first = next(iter(stream.iter(batch_size=1)))[self.column][0]
+        except StopIteration:
+            raise ValueError(f"the {self.where} is empty") from None
+        self.format = ImageDataset(_OneImage(first, self._label(0, first)), image_size, center_crop)
+        self.stream = stream.shuffle(seed=_hash(seed, "stream") % 2**32, buffer_size=buffer_size)
+        splits = stream.info.splits or {}
+        self.shape = (splits[split].num_examples if split in splits else None, *self.format.shape[1:])
+
+    def examples(self, start: int) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(position, encoded image) from stream position `start` on, epoch after epoch,
+        without decoding. Epochs wholly before `start` are skipped unread once the length of
+        an epoch is known (they all hold the same examples): resuming re-reads at most one."""
+        position, epoch = 0, 0
+        while True:
+            self.stream.set_epoch(epoch)
+            length = 0
+            # .iter() rather than iter(): the whole stream in every DataLoader worker, not a
+            # share of its files, so that the order does not depend on the workers
+            for batch in self.stream.iter(batch_size=1):
+                if position >= start:
+                    yield position, batch[self.column][0]
+                position, length = position + 1, length + 1
+            if length == 0:
+                raise ValueError(f"the {self.where} is empty")
+            skipped = max(0, start - position) // length
+            epoch, position = epoch + 1 + skipped, position + skipped * length
+
+    def pixels(self, position: int, value: dict[str, Any]) -> torch.Tensor:
+        return self.format.pixels(_OneImage(value, self._label(position, value)), 0)
+
+    def _label(self, position: int, value: dict[str, Any]) -> str:
+        path = value.get("path")
+        return f"{self.where}, example {position} of the stream" + (f" ({path})" if path else "")
+
+
+class _StreamSlices(torch.utils.data.IterableDataset):
+    """The slices of a stream that `example_batches` asks for, each (pixels (B, C, S, S),
+    errors) as `_Reported` gives them. DataLoader worker w of n reads the whole stream and
+    decodes slices w, w + n, …: the DataLoader takes one from each worker in turn, so the
+    order is the stream's whatever the number of workers (which each read all of it)."""
+
+    def __init__(self, images: StreamingImages, firsts: range, size: int):
+        self.images, self.firsts, self.size = images, firsts, size
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, list[str]]]:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        mine = self.firsts[worker::workers]
+        if not mine:
+            return
+        examples = self.images.examples(mine[0])
+        for first in mine:
+            pixels, errors = [], []
+            for position, value in examples:
+                if position < first:
+                    continue
+                try:
+                    pixels.append(self.images.pixels(position, value))
+                    errors.append("")
+                except ImageReadError as err:
+                    pixels.append(torch.zeros(self.images.shape[1:], dtype=torch.uint8))
+                    errors.append(str(err))
+                if position == first + self.size - 1:
+                    break
+            yield torch.stack(pixels), errors
 
 
 def _open_encoded(value: dict[str, Any]) -> Image.Image:
@@ -363,7 +470,7 @@ def flips(seed: int, positions: torch.Tensor) -> torch.Tensor:
 
 
 def example_batches(
-    data: torch.Tensor | ImageDataset,
+    data: torch.Tensor | ImageDataset | StreamingImages,
     *,
     seed: int,
     start: int,
@@ -383,21 +490,22 @@ def example_batches(
 
     A tensor is indexed where it lies; an ImageDataset is read by a DataLoader with
     `num_workers` worker processes (0: this one) that decode only this process's slices,
-    prefetched, pinned and copied without blocking when `device` is CUDA. An image that
-    cannot be read raises ImageReadError here, in the training process, naming it."""
+    prefetched, pinned and copied without blocking when `device` is CUDA; a StreamingImages
+    is the stream itself, read by each worker (`_StreamSlices`). An image that cannot be read
+    raises ImageReadError here, in the training process, naming it."""
     device = torch.device(device)
     firsts = range(start + rank * batch_size, start + count * world * batch_size, world * batch_size)
-    slices = _Slices(len(data), seed, firsts, batch_size)
+    loading = dict(num_workers=num_workers, pin_memory=device.type == "cuda")
+    loading["prefetch_factor"] = 4 if num_workers else None
     if isinstance(data, torch.Tensor):
+        slices = _Slices(len(data), seed, firsts, batch_size)
         batches = (data[torch.tensor(indices, device=data.device)] for indices in slices)
     else:
-        loader = torch.utils.data.DataLoader(
-            _Reported(data),
-            batch_sampler=slices,
-            num_workers=num_workers,
-            pin_memory=device.type == "cuda",
-            prefetch_factor=4 if num_workers else None,
-        )
+        if isinstance(data, StreamingImages):
+            loader = torch.utils.data.DataLoader(_StreamSlices(data, firsts, batch_size), None, **loading)
+        else:
+            slices = _Slices(len(data), seed, firsts, batch_size)
+            loader = torch.utils.data.DataLoader(_Reported(data), batch_sampler=slices, **loading)
         batches = (_checked(pixels, errors).to(device, non_blocking=True) for pixels, errors in loader)
     for first, x0 in zip(firsts, batches, strict=True):
         x0 = to_unit_range(x0) if x0.dtype == torch.uint8 else x0

@@ -39,6 +39,7 @@ from .data import (
     DATASET_NAMES,
     ImageDataset,
     ImageReadError,
+    StreamingImages,
     default_num_workers,
     example_batches,
     image_dataset,
@@ -74,6 +75,8 @@ class TrainingConfig:
     center_crop: bool = _option(False, "resize the shorter side to image_size and crop the centre")
     random_flip: bool | None = _option(None, "flip images left-right at random (default: on, off for digits)")
     num_workers: int | None = _option(None, "processes decoding images (default: half the CPUs, ≤ 8)")
+    streaming: bool = _option(False, "read an hf: dataset as a stream, for data larger than the disk")
+    shuffle_buffer: int = _option(10_000, "with streaming: examples in the shuffle buffer")
     model: str = _option("mlp", "mlp (points) or a UNet preset (images)")
     loss: str = _option("simple", "simple, vlb or hybrid (docs/math.md §5)")
     variance_type: str | None = _option(None, "default: fixed_small for simple, learned_range otherwise")
@@ -119,6 +122,13 @@ class TrainingConfig:
         for name in ("warmup_steps", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints"):
             _check_int(name, getattr(self, name), 0)
         _check_int("sample_steps", self.sample_steps, 1)
+        _check_int("shuffle_buffer", self.shuffle_buffer, 1)
+        if self.streaming and not self.dataset.startswith("hf:"):
+            raise ValueError(f"streaming=True reads an hf:NAME dataset, not {self.dataset!r}")
+        if self.streaming and self.num_samples is not None:
+            raise ValueError(
+                f"num_samples={self.num_samples!r} applies to a dataset read whole, not streaming"
+            )
         if self.num_workers is not None:
             _check_int("num_workers", self.num_workers, 0)
         if self.dataset in DATASET_NAMES and self.center_crop:
@@ -168,11 +178,17 @@ class TrainResult:
 # ---- building the parts ------------------------------------------------------------------------------
 
 
-def training_data(config: TrainingConfig) -> torch.Tensor | ImageDataset:
+def training_data(config: TrainingConfig) -> torch.Tensor | ImageDataset | StreamingImages:
     """The Swiss roll and the digits as a tensor in memory; a folder or hf: dataset as an
-    ImageDataset, decoded as the run reads it (only its first image is read now)."""
+    ImageDataset, decoded as the run reads it (only its first image is read now), or with
+    `streaming` as a StreamingImages."""
     if config.dataset in DATASET_NAMES:
         return load_dataset(config.dataset, "train", num_samples=config.num_samples, seed=config.seed)
+    if config.streaming:
+        name = config.dataset.removeprefix("hf:")
+        return StreamingImages(
+            name, "train", config.image_size, config.center_crop, config.seed, config.shuffle_buffer
+        )
     return image_dataset(
         config.dataset,
         "train",
@@ -263,9 +279,10 @@ def train(config: TrainingConfig) -> TrainResult:
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     output = Path(config.output_dir)
     data = training_data(config)
-    if len(data) < config.batch_size * world:
+    size = data.shape[0]  # None for a stream of unknown length
+    if size is not None and size < config.batch_size * world:
         raise TrainingError(
-            f"the dataset {config.dataset!r} has {len(data)} examples, fewer than one batch "
+            f"the dataset {config.dataset!r} has {size} examples, fewer than one batch "
             f"(batch_size={config.batch_size} × {world} processes): lower batch_size or add data"
         )
     images = len(data.shape) == 4
@@ -428,7 +445,7 @@ def train(config: TrainingConfig) -> TrainResult:
                 lr=lr_scheduler.get_last_lr()[0],
                 grad_norm=grad_norm if config.max_grad_norm is not None else None,
                 examples_per_second=window_examples / max(now - window_start, 1e-9),
-                epoch=position / len(data),
+                epoch=position / size if size else None,
             )
             window_start, window_examples = now, 0
         if config.sample_every and step % config.sample_every == 0 and accelerator.is_main_process:

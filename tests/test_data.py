@@ -13,6 +13,7 @@ from PIL import Image
 from ddpm_pipelines.data import (
     DATASET_NAMES,
     ImageReadError,
+    StreamingImages,
     data_indices,
     example_batches,
     flips,
@@ -388,3 +389,26 @@ def test_an_image_that_cannot_be_read_is_named_by_the_training_process(tmp_path)
     ) as caught:
         list(batches)
     assert "Traceback" not in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_stream_gives_one_order_whoever_reads_it(tmp_path, offline_datasets):
+    """A streaming imagefolder over local files: the same batches with or without workers,
+    read by one process or by two (each its slices), and from a resumed position; epoch
+    after epoch, each a permutation of the 30 images, the next one different."""
+    for i in range(30):
+        write_image(tmp_path / f"{i:02d}.png", "RGB", (4, 4), (i, 0, 0))
+    stream = StreamingImages(str(tmp_path), "train", None, False, seed=0, buffer_size=8)
+    assert stream.shape == (None, 3, 4, 4)
+
+    def reds(start=0, count=8, batch_size=8, **options) -> list[list[int]]:
+        batches = example_batches(stream, seed=0, start=start, count=count, batch_size=batch_size, **options)
+        return [(b[:, 0, 0, 0] * 127.5 + 127.5).round().int().tolist() for b in batches]
+
+    one = reds()
+    read = [red for batch in one for red in batch]
+    epochs = read[:30], read[30:60]
+    assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(30)) and epochs[0] != epochs[1]
+    assert reds(num_workers=2) == one
+    halves = [reds(batch_size=4, rank=r, world=2) for r in range(2)]
+    assert [a + b for a, b in zip(*halves, strict=True)] == one
+    assert reds(start=40, count=2) == one[5:7]

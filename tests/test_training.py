@@ -317,11 +317,21 @@ def test_the_model_must_fit_the_data(tmp_path):
         ("ema_decay", 1.0, r"ema_decay=1.0 must be in \[0, 1\)"),
         ("max_grad_norm", 0.0, r"max_grad_norm=0.0 must be positive"),
         ("push_every_checkpoint", True, r"push_every_checkpoint=True needs push_to_hub"),
+        ("num_workers", -1, r"num_workers=-1 must be an integer ≥ 0"),
+        ("shuffle_buffer", 0, r"shuffle_buffer=0 must be an integer ≥ 1"),
+        ("center_crop", True, r"center_crop=True applies to a folder or hf:NAME, not 'swiss-roll'"),
+        ("random_flip", True, r"random_flip=True applies to images; 'swiss-roll' holds points"),
+        ("streaming", True, r"streaming=True reads an hf:NAME dataset, not 'swiss-roll'"),
     ],
 )
 def test_bad_options_are_named(tmp_path, option, value, message):
     with pytest.raises(ValueError, match=message):
         _config(tmp_path, **{option: value})
+
+
+def test_streaming_reads_the_whole_stream(tmp_path):
+    with pytest.raises(ValueError, match=r"num_samples=500 applies to a dataset read whole, not a stream"):
+        _config(tmp_path, dataset="hf:some/images", streaming=True)
 
 
 def test_the_importance_sampler_refuses_a_history_of_another_shape():

@@ -192,3 +192,15 @@ def test_memory_does_not_grow_with_the_dataset(tmp_path):
         assert status == 0
     extra = 3750 * 3 * 32 * 32 * 4  # bytes of the big folder's extra images as float32
     assert peaks["big"] - peaks["small"] < 15e6 < extra / 3, peaks
+
+
+def test_a_streamed_dataset_resumes_bit_for_bit(tmp_path, folder):
+    """streaming=True over local files (datasets' imagefolder): a run stopped at step 6 and
+    resumed with workers ends where one of 12 steps without workers does."""
+    pytest.importorskip("datasets")
+    options = dict(dataset=f"hf:{folder}", streaming=True, shuffle_buffer=16, checkpoint_every=3)
+    options |= dict(lr_schedule="constant")
+    whole = run(tmp_path, "whole", max_steps=12, num_workers=0, **options)
+    run(tmp_path, "parts", max_steps=6, num_workers=2, **options)
+    resumed = run(tmp_path, "parts", max_steps=12, num_workers=2, resume=True, **options)
+    assert_same_checkpoint(whole / "checkpoints" / "step-00000012", resumed / "checkpoints" / "step-00000012")
