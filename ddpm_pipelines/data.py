@@ -1,15 +1,17 @@
-"""Training data as in-memory float32 tensors: points of shape (N, 2) or images of shape
-(N, C, H, W) scaled to [−1, 1], the range the models and docs/math.md §5.2's discretized decoder
-expect.
+"""Training data: points of shape (N, 2) or images of shape (N, C, H, W) scaled to [−1, 1],
+the range the models and docs/math.md §5.2's discretized decoder expect.
 
-`load_dataset(name, split)` reads one of
+`load_dataset(name, split)` reads one whole, as a float32 tensor:
 - "swiss-roll": scikit-learn's 2-D Swiss roll, (N, 2);
 - "digits": scikit-learn's 8×8 handwritten digits, (N, 1, 8, 8), with a fixed held-out split;
 - a path to a local folder of images, (N, C, H, W);
 - "hf:NAME": a Hugging Face `datasets` dataset (a Hub name, or a local folder read with
   the "imagefolder" builder), (N, C, H, W).
-scikit-learn and datasets are optional (`pip install "ddpm-pipelines[train]"`) and are
-imported only when a dataset needs them.
+`image_dataset` opens a folder or "hf:NAME" without decoding it (an `ImageDataset`, decoded
+item by item), `StreamingImages` streams an "hf:NAME" dataset, and `example_batches` reads
+a run's stream of examples from any of them, each process its own slices. scikit-learn and
+datasets are optional (`pip install "ddpm-pipelines[train]"`) and are imported only when a
+dataset needs them.
 """
 
 from __future__ import annotations
