@@ -292,9 +292,9 @@ class StreamingImages:
     """A Hugging Face dataset read as a stream (`datasets.load_dataset(..., streaming=True)`),
     for data larger than the disk cache: nothing is downloaded or decoded ahead of the run.
 
-    Epoch e of the stream is the dataset shuffled through a buffer of `buffer_size` examples,
-    seeded by (seed, e) (datasets' `shuffle` and `set_epoch`), so the order is a function of
-    (seed, epoch) for a given list of data files. The format is fixed by the stream's first
+    Epoch e of the stream is the dataset shuffled (its files, then through a buffer of
+    `buffer_size` examples: datasets' `shuffle`) with a seed of (seed, e), so the order is a
+    function of (seed, epoch) for a given list of data files. The format is fixed by the stream's first
     example, as `ImageDataset`'s by its first image. `shape[0]` is the split's size when the
     dataset's metadata says it, else None."""
 
@@ -311,7 +311,7 @@ class StreamingImages:
         except StopIteration:
             raise ValueError(f"the {self.where} is empty") from None
         self.format = ImageDataset(_OneImage(first, self._label(0, first)), image_size, center_crop)
-        self.stream = stream.shuffle(seed=_hash(seed, "stream") % 2**32, buffer_size=buffer_size)
+        self.stream, self.seed, self.buffer_size = stream, seed, buffer_size
         splits = stream.info.splits or {}
         self.shape = (splits[split].num_examples if split in splits else None, *self.format.shape[1:])
 
@@ -321,11 +321,15 @@ class StreamingImages:
         an epoch is known (they all hold the same examples): resuming re-reads at most one."""
         position, epoch = 0, 0
         while True:
-            self.stream.set_epoch(epoch)
+            # A stream shuffled anew for each epoch, not datasets' set_epoch: its epoch is
+            # shared by the DataLoader's workers, which would race to set it.
+            shuffled = self.stream.shuffle(
+                seed=_hash(self.seed, "epoch", epoch) % 2**32, buffer_size=self.buffer_size
+            )
             length = 0
             # .iter() rather than iter(): the whole stream in every DataLoader worker, not a
             # share of its files, so that the order does not depend on the workers
-            for batch in self.stream.iter(batch_size=1):
+            for batch in shuffled.iter(batch_size=1):
                 if position >= start:
                     yield position, batch[self.column][0]
                 position, length = position + 1, length + 1

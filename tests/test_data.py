@@ -409,6 +409,8 @@ def test_a_stream_gives_one_order_whoever_reads_it(tmp_path, offline_datasets):
     epochs = read[:30], read[30:60]
     assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(30)) and epochs[0] != epochs[1]
     assert reds(num_workers=2) == one
+    # many short epochs, read by workers that start one after another
+    assert reds(count=60, batch_size=2, num_workers=4) == reds(count=60, batch_size=2)
     halves = [reds(batch_size=4, rank=r, world=2) for r in range(2)]
     assert [a + b for a, b in zip(*halves, strict=True)] == one
     assert reds(start=40, count=2) == one[5:7]
