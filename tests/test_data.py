@@ -414,3 +414,18 @@ def test_a_stream_gives_one_order_whoever_reads_it(tmp_path, offline_datasets):
     halves = [reds(batch_size=4, rank=r, world=2) for r in range(2)]
     assert [a + b for a, b in zip(*halves, strict=True)] == one
     assert reds(start=40, count=2) == one[5:7]
+
+
+def test_each_process_decodes_only_its_own_slices(tmp_path):
+    """Process 1 of 2 decodes exactly the examples at its positions, nothing else."""
+    for i in range(10):
+        write_image(tmp_path / f"{i:02d}.png", "L", (4, 4), i)
+    images = image_dataset(tmp_path)
+    decoded = []
+    real = images.pixels
+    images.pixels = lambda source, index: decoded.append(index) or real(source, index)
+    batches = example_batches(images, seed=2, start=3, count=4, batch_size=3, rank=1, world=2)
+    read = torch.cat([b[:, 0, 0, 0] for b in batches])
+    mine = torch.cat([data_indices(10, 2, 3 + 6 * k + 3, 3) for k in range(4)])
+    assert decoded == mine.tolist()
+    assert torch.equal(read, mine.float() / 127.5 - 1)

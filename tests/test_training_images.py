@@ -204,3 +204,19 @@ def test_a_streamed_dataset_resumes_bit_for_bit(tmp_path, folder):
     run(tmp_path, "parts", max_steps=6, num_workers=2, **options)
     resumed = run(tmp_path, "parts", max_steps=12, num_workers=2, resume=True, **options)
     assert_same_checkpoint(whole / "checkpoints" / "step-00000012", resumed / "checkpoints" / "step-00000012")
+
+
+def test_channels_last_trains_as_the_contiguous_model(tmp_path, folder):
+    """--channels-last changes the memory layout, not the computation; the saved pipeline
+    loads and samples as any other."""
+    from ddpm_pipelines import DDPMPipeline
+
+    options = dict(dataset=str(folder), max_steps=4, checkpoint_every=0, num_workers=0)
+    run(tmp_path, "plain", **options)
+    last = run(tmp_path, "channels-last", channels_last=True, **options)
+    config = TrainingConfig(output_dir="-", **SMALL)
+    assert gap(weights(last), weights(tmp_path / "plain"), config, (1, 3, 8, 8)) < 1e-3
+    pipe = DDPMPipeline.from_pretrained(last / "pipeline")
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(batch_size=2, num_inference_steps=3, output_type="pt").images
+    assert images.shape == (2, 3, 8, 8) and torch.isfinite(images).all()
