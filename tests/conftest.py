@@ -14,7 +14,10 @@ import atexit
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -107,3 +110,23 @@ class GaussianOracle:
             beta = 1 - a / a_prev
             out = a_prev.sqrt() * beta / (1 - a) * x0 + (1 - beta).sqrt() * (1 - a_prev) / (1 - a) * x
         return out.to(x_t.dtype)
+
+
+@pytest.fixture
+def train_in_two_processes():
+    """`ddpm-pipelines train FLAGS` under torchrun with 2 CPU processes (gloo, through
+    accelerate); the test fails, showing the end of their output, if the run does."""
+
+    def run(flags: list[str]) -> None:
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+        result = subprocess.run(
+            [*command, "-m", "ddpm_pipelines", "train", *flags],
+            cwd=Path(__file__).resolve().parents[1],
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    return run

@@ -22,7 +22,6 @@ from ddpm_pipelines.training import TrainingConfig, TrainingError, train
 
 ROOT = Path(__file__).resolve().parents[1]
 # A small, fast run: 500 Swiss-roll points, a 50-step chain.
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "ddpm_pipelines"]
 SMALL = dict(num_samples=500, batch_size=32, num_train_timesteps=50, warmup_steps=5, progress=False)
 
 
@@ -86,18 +85,9 @@ def test_resume_after_a_kill_gives_the_same_weights_as_an_uninterrupted_run(tmp_
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_two_processes_compute_what_one_process_does_with_the_double_batch(tmp_path):
+def test_two_processes_compute_what_one_process_does_with_the_double_batch(tmp_path, train_in_two_processes):
     """torchrun with 2 CPU processes (gloo, through accelerate) × batch 16 = 1 process × 32."""
-    options = dict(max_steps=20, batch_size=16)
-    two = subprocess.run(
-        [*TORCHRUN, "train", *_flags(tmp_path / "two", **options)],
-        cwd=ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert two.returncode == 0, two.stderr[-3000:]
+    train_in_two_processes(_flags(tmp_path / "two", max_steps=20, batch_size=16))
     one = train(_config(tmp_path, "one", max_steps=20, batch_size=32))
     a, b = _weights(tmp_path / "two" / "pipeline"), _weights(one.pipeline_dir)
     for key in a:

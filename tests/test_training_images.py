@@ -21,7 +21,6 @@ from ddpm_pipelines import checkpoints
 from ddpm_pipelines.training import TrainingConfig, TrainingError, build_model, train
 
 ROOT = Path(__file__).resolve().parents[1]
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "ddpm_pipelines"]
 # A small, fast run: the tiny-8 UNet on 8×8 RGB images.
 SMALL = dict(model="tiny-8", batch_size=8, num_train_timesteps=50, warmup_steps=2, progress=False)
 
@@ -90,21 +89,15 @@ def test_a_local_imagefolder_dataset_trains_as_the_folder(tmp_path, folder):
     assert all(torch.equal(x[k], y[k]) for k in x)
 
 
-def test_two_processes_reading_images_compute_what_one_does_with_the_double_batch(tmp_path, folder):
+def test_two_processes_reading_images_compute_what_one_does_with_the_double_batch(
+    tmp_path, folder, train_in_two_processes
+):
     """torchrun, 2 CPU processes × batch 4, each reading its own slices with a worker, flips
     on = 1 process × batch 8."""
     flags = ["--output-dir", str(tmp_path / "two"), "--dataset", str(folder), "--model", "tiny-8"]
     flags += ["--batch-size", "4", "--num-train-timesteps", "50", "--warmup-steps", "2", "--max-steps", "5"]
     flags += ["--num-workers", "1", "--no-progress", "--log-every", "1"]
-    two = subprocess.run(
-        [*TORCHRUN, "train", *flags],
-        cwd=ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert two.returncode == 0, two.stderr[-3000:]
+    train_in_two_processes(flags)
     one = run(tmp_path, "one", dataset=str(folder), max_steps=5, num_workers=0, log_every=1)
     # The same examples, flips and draws: every step's loss agrees to float32 rounding ...
     logs = [(d / "metrics.jsonl").read_text().splitlines() for d in (tmp_path / "two", one)]
