@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 
@@ -15,6 +16,7 @@ from ddpm_pipelines.data import (
     ImageReadError,
     StreamingImages,
     data_indices,
+    default_num_workers,
     example_batches,
     flips,
     image_dataset,
@@ -429,3 +431,14 @@ def test_each_process_decodes_only_its_own_slices(tmp_path):
     mine = torch.cat([data_indices(10, 2, 3 + 6 * k + 3, 3) for k in range(4)])
     assert decoded == mine.tolist()
     assert torch.equal(read, mine.float() / 127.5 - 1)
+
+
+@pytest.mark.parametrize(
+    ("cpus", "local_processes", "workers"), [(2, 1, 1), (16, 1, 8), (64, 1, 8), (16, 8, 1), (32, 4, 4)]
+)
+def test_default_workers_are_half_of_each_process_share_of_the_cpus(
+    monkeypatch, cpus, local_processes, workers
+):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local_processes))
+    assert default_num_workers() == workers
