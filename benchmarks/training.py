@@ -14,7 +14,10 @@ diffusers' unconditional training recipe, in one run (issue 12).
    - "ours compiled, loader": the same with compile=True (not with --no-compile).
    Both loops use L_simple with uniform t, so the work per step is the same. Each run is
    timed over `--steps` steps after `--warmup` untimed ones (which cover torch.compile);
-   ours from its own metrics.jsonl, logged every step. Ratios: loader / in memory (the
+   ours from its own metrics.jsonl, logged every step. `--rounds` rounds run every
+   variant once, in an order rotated each round; a variant's figure is its median over
+   the rounds, and a ratio the median over the rounds of the ratio within each round (so
+   that the machine's drifts between rounds cancel). Ratios: loader / in memory (the
    issue's target ≥ 0.90), ours eager (loader) / diffusers and ours compiled (loader) /
    diffusers (target ≥ 1.2).
 2. Model FLOP utilization beside each figure: the forward FLOPs of one sample, counted in
@@ -24,9 +27,11 @@ diffusers' unconditional training recipe, in one run (issue 12).
    of several large square matmuls (float32 on the CPU, bfloat16 on CUDA).
 3. Memory: the peak proportional set size of a training run's whole process tree (the
    DataLoader's workers included; `common.peak_pss_bytes`), a few steps on a folder of
-   `--memory-images` PNGs against the same on `--memory-few` of them (the issue's bound:
-   within 150 MB), each read by the loader and, for comparison, decoded in memory.
-   Each run is a child process of this script (the hidden --memory-child flag).
+   `--memory-images` PNGs against the same on the first `--memory-few` of them (the
+   issue's bound: within 150 MB), read by the loader and, for comparison, decoded in
+   memory. Each run is a child process of this script (the hidden --memory-child flag),
+   repeated `--memory-repeats` times, the two folders alternating; the figure is the
+   median of the repeats.
 
   --device cpu (default): the "small-32" UNet (sized to the images), batch 64, fp32, on
       smooth images (uniform noise at a quarter of the side, upsampled bicubic, so that
@@ -39,9 +44,10 @@ The figures in the README come from
 
     python benchmarks/training.py                  # and: --device cuda
 
-(--steps, --warmup, --batch-size, --sizes, --images, --memory-images, --memory-few,
---memory-size, --no-memory and --no-compile make shorter runs.) It prints Markdown
-tables and writes the figures to benchmarks/results/training_<device>.json (--out).
+(--steps, --warmup, --rounds, --batch-size, --sizes, --images, --memory-images,
+--memory-few, --memory-size, --memory-repeats, --no-memory and --no-compile make shorter
+runs.) It prints Markdown tables and writes the figures to
+benchmarks/results/training_<device>.json (--out).
 """
 
 from __future__ import annotations
@@ -57,8 +63,6 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from itertools import pairwise
 from pathlib import Path
 
 import torch
@@ -77,36 +81,21 @@ SETUPS = {
 }
 VARIANTS = ("diffusers recipe", "ours, in memory", "ours, loader", "ours compiled, loader")
 DIFFUSERS, IN_MEMORY, LOADER, COMPILED = VARIANTS
+RATIOS = {  # name: (numerator, denominator)
+    "loader_over_in_memory": (LOADER, IN_MEMORY),
+    "eager_over_diffusers": (LOADER, DIFFUSERS),
+    "compiled_over_diffusers": (COMPILED, DIFFUSERS),
+}
 MEMORY_STEPS = 3
 MB = 1e6
-
-
-@dataclass
-class Timing:
-    """A timed run: `ends`, the times at the ends of its last warm-up step and of each timed
-    step after it; `startup`, the seconds from its call to the first of them (reading the
-    data, building the model, compiling it, the warm-up steps)."""
-
-    ends: list[float]
-    batch_size: int
-    startup: float
-
-    @property
-    def examples_per_second(self) -> float:
-        """Over the whole window of timed steps."""
-        return (len(self.ends) - 1) * self.batch_size / (self.ends[-1] - self.ends[0])
-
-    @property
-    def median_step_examples_per_second(self) -> float:
-        """From the median step: less moved by other processes' bursts on a shared machine."""
-        return self.batch_size / statistics.median(b - a for a, b in pairwise(self.ends))
 
 
 # ---- the two loops ---------------------------------------------------------------------------------
 
 
-def diffusers_recipe(model, data, batch_size, steps, warmup, device, mixed_precision) -> Timing:
-    """The timing of train_unconditional.py's inner loop, `warmup` steps then `steps` more."""
+def diffusers_recipe(model, data, batch_size, steps, warmup, device, mixed_precision) -> tuple[float, float]:
+    """(examples per second of train_unconditional.py's inner loop over `steps` steps after
+    `warmup`, seconds from the call to the end of the warm-up steps)."""
     import diffusers
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
@@ -128,9 +117,12 @@ def diffusers_recipe(model, data, batch_size, steps, warmup, device, mixed_preci
     ema = EMAModel(model.parameters(), decay=0.9999, use_ema_warmup=True, power=3 / 4)
     ema.to(accelerator.device)
     model.train()
-    done, ends = 0, []  # the time at the end of step warmup, warmup + 1, …
+    done, start = 0, None
     while done < steps + warmup:
         for (clean,) in loader:
+            if done == warmup:
+                sync(device)
+                start = time.perf_counter()
             noise = torch.randn(clean.shape, device=clean.device)
             t = torch.randint(0, 1000, (clean.shape[0],), device=clean.device).long()
             noisy = scheduler.add_noise(clean, noise, t)
@@ -146,28 +138,30 @@ def diffusers_recipe(model, data, batch_size, steps, warmup, device, mixed_preci
                 ema.step(model.parameters())
             loss.detach().item()  # the recipe logs the loss every step
             done += 1
-            if done >= warmup:
-                sync(device)
-                ends.append(time.perf_counter())
             if done == steps + warmup:
                 break
-    return Timing(ends, batch_size, ends[0] - called)
+    sync(device)
+    return steps * batch_size / (time.perf_counter() - start), start - called
 
 
 def ours(
     folder, preset, batch_size, steps, warmup, mixed_precision, *, in_memory: bool, compile: bool
-) -> Timing:
-    """The timing of `train`, `warmup` steps then `steps` more, from its own metrics,
-    logged every step."""
+) -> tuple[float, float]:
+    """(examples per second of `train` over `steps` steps after `warmup`, from its own
+    metrics, logged every step; seconds from the call to the end of the warm-up steps:
+    reading the data, building the model, compiling it, the steps)."""
+    if compile:
+        # As a fresh process would: after a run at another image size, torch.compile would
+        # otherwise make the sizes dynamic, which inductor fails to compile for this UNet.
+        torch._dynamo.reset()
     with tempfile.TemporaryDirectory() as out:
         called = time.time()  # the metrics' clock
         with decoded_in_memory(in_memory):
-            training.train(
-                run_config(out, folder, preset, batch_size, steps + warmup, mixed_precision, compile)
-            )
+            config = run_config(out, folder, preset, batch_size, steps + warmup, mixed_precision, compile)
+            training.train(config)
         records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-    ends = [record["time"] for record in records[warmup - 1 :]]  # records[i] is step i + 1
-    return Timing(ends, batch_size, ends[0] - called)
+    first, last = records[warmup - 1], records[-1]  # records[i] is step i + 1
+    return steps * batch_size / (last["time"] - first["time"]), first["time"] - called
 
 
 def run_config(
@@ -258,36 +252,56 @@ def write_images(folder: Path, count: int, size: int, detail: int, seed: int = 0
     return folder
 
 
-# ---- memory ------------------------------------------------------------------------------------------
+# ---- throughput --------------------------------------------------------------------------------------
 
 
-def memory_child(args: argparse.Namespace) -> None:
-    """A few steps of `train` on the folder --memory-child, read as --memory-child-data says."""
-    preset = SETUPS[args.device]["preset"]
-    with tempfile.TemporaryDirectory() as out, decoded_in_memory(args.memory_child_data == "memory"):
-        training.train(run_config(out, args.memory_child, preset, args.batch_size, MEMORY_STEPS, "no", False))
+def throughput(size, model, folder, flops, peak, args) -> tuple[list[dict], list[dict]]:
+    """The rows and ratios of one image size, each precision: `args.rounds` rounds of every
+    variant, in an order rotated each round."""
+    variants = VARIANTS[:3] if args.no_compile else VARIANTS
+    data = load_dataset(folder)  # the recipe's, in memory
+    rows, ratios = [], []
+    for precision in SETUPS[args.device]["precisions"]:
+        speeds, startups = {variant: [] for variant in variants}, {}
+        for turn in range(args.rounds):
+            for variant in variants[turn % len(variants) :] + variants[: turn % len(variants)]:
+                speed, startup = measure(variant, model, data, folder, precision, args)
+                speeds[variant].append(speed)
+                startups.setdefault(variant, startup)  # the first round's: a cold compile
+                print(f"  {size}×{size} {precision} {variant}: {speed:.1f} examples/s", file=sys.stderr)
+        for variant in variants:
+            speed = statistics.median(speeds[variant])
+            rows.append(
+                dict(
+                    size=size,
+                    precision=precision,
+                    variant=variant,
+                    examples_per_second=speed,
+                    rounds=speeds[variant],
+                    mfu=3 * flops * speed / peak,
+                    startup_seconds=startups[variant],
+                )
+            )
+        ratio = dict(size=size, precision=precision)
+        for name, (top, bottom) in RATIOS.items():
+            if top in variants:
+                ratio[name] = statistics.median(
+                    a / b for a, b in zip(speeds[top], speeds[bottom], strict=True)
+                )
+            else:
+                ratio[name] = None
+        ratios.append(ratio)
+    return rows, ratios
 
 
-def peak_memory(folder: Path, data: str, args: argparse.Namespace) -> int:
-    """The peak PSS, in bytes, of a child process training on `folder` and its workers."""
-    command = [sys.executable, __file__, "--device", args.device, "--batch-size", str(args.batch_size)]
-    command += ["--memory-child", str(folder), "--memory-child-data", data]
-    status, peak = peak_pss_bytes(command)
-    if status != 0:
-        raise SystemExit(f"the memory run failed (exit status {status}): {' '.join(command)}")
-    return peak
-
-
-# ---- the run -----------------------------------------------------------------------------------------
-
-
-def measure(variant, model, data, folder, precision, args) -> Timing:
-    """One variant's run: the diffusers recipe on a copy of `model` and on `data`; ours on
+def measure(variant, model, data, folder, precision, args) -> tuple[float, float]:
+    """One run of `variant`: the diffusers recipe on a copy of `model` and on `data`; ours on
     `folder`, with the model `train` builds from the same seed."""
-    device, preset = torch.device(args.device), SETUPS[args.device]["preset"]
     if variant == DIFFUSERS:
+        device = torch.device(args.device)
         model = copy.deepcopy(model)
         return diffusers_recipe(model, data, args.batch_size, args.steps, args.warmup, device, precision)
+    preset = SETUPS[args.device]["preset"]
     return ours(
         str(folder),
         preset,
@@ -300,16 +314,48 @@ def measure(variant, model, data, folder, precision, args) -> Timing:
     )
 
 
-def speed_ratios(timings: dict[str, Timing]) -> dict[str, float | None]:
-    """The issue's ratios, over the whole window and (`median_…`) from the median steps."""
-    out = {}
-    for prefix, figure in (("", "examples_per_second"), ("median_", "median_step_examples_per_second")):
-        speed = {variant: getattr(timing, figure) for variant, timing in timings.items()}
-        out[prefix + "loader_over_in_memory"] = speed[LOADER] / speed[IN_MEMORY]
-        out[prefix + "eager_over_diffusers"] = speed[LOADER] / speed[DIFFUSERS]
-        compiled = speed.get(COMPILED)
-        out[prefix + "compiled_over_diffusers"] = None if compiled is None else compiled / speed[DIFFUSERS]
+# ---- memory ------------------------------------------------------------------------------------------
+
+
+def memory(folder: Path, args: argparse.Namespace) -> list[dict]:
+    """The peak PSS of a short training run on the first `args.memory_few` images of
+    `folder` and on all of them, read by the loader and decoded in memory: the median of
+    `args.memory_repeats` runs each, alternating."""
+    few = folder.parent / "memory-few"
+    few.mkdir()
+    for path in sorted(folder.iterdir())[: args.memory_few]:
+        shutil.copy(path, few / path.name)
+    out = []
+    for source in ("loader", "memory"):
+        peaks = {"few": [], "many": []}
+        for _ in range(args.memory_repeats):
+            for name, where in (("few", few), ("many", folder)):
+                peaks[name].append(peak_memory(where, source, args))
+        small, large = statistics.median(peaks["few"]), statistics.median(peaks["many"])
+        out.append(dict(data=source, few_bytes=small, many_bytes=large, difference_bytes=large - small))
+        out[-1].update(few_repeats=peaks["few"], many_repeats=peaks["many"])
+        print(f"  memory, {source}: {small / MB:.0f} MB, {large / MB:.0f} MB", file=sys.stderr)
     return out
+
+
+def peak_memory(folder: Path, source: str, args: argparse.Namespace) -> int:
+    """The peak PSS, in bytes, of a child process training on `folder` and its workers."""
+    command = [sys.executable, __file__, "--device", args.device, "--batch-size", str(args.batch_size)]
+    command += ["--memory-child", str(folder), "--memory-child-data", source]
+    status, peak = peak_pss_bytes(command)
+    if status != 0:
+        raise SystemExit(f"the memory run failed (exit status {status}): {' '.join(command)}")
+    return peak
+
+
+def memory_child(args: argparse.Namespace) -> None:
+    """A few steps of `train` on the folder --memory-child, read as --memory-child-data says."""
+    preset = SETUPS[args.device]["preset"]
+    with tempfile.TemporaryDirectory() as out, decoded_in_memory(args.memory_child_data == "memory"):
+        training.train(run_config(out, args.memory_child, preset, args.batch_size, MEMORY_STEPS, "no", False))
+
+
+# ---- the run -----------------------------------------------------------------------------------------
 
 
 def parse_args() -> argparse.Namespace:
@@ -319,6 +365,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", choices=tuple(SETUPS))
     parser.add_argument("--steps", type=int, default=10, help="timed steps of each run (default 10)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before them (default 2)")
+    parser.add_argument("--rounds", type=int, default=2, help="runs of every variant (default 2)")
     parser.add_argument("--batch-size", type=int, default=None, help="default 64 on cpu, 128 on cuda")
     parser.add_argument(
         "--sizes", default=None, help="image sides, comma-separated (default 32,64 on cpu, 32 on cuda)"
@@ -327,6 +374,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--memory-images", type=int, default=8000, help="the large memory folder")
     parser.add_argument("--memory-few", type=int, default=500, help="the small memory folder")
     parser.add_argument("--memory-size", type=int, default=64, help="the memory folders' image side")
+    parser.add_argument("--memory-repeats", type=int, default=3, help="runs on each memory folder")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled runs")
     parser.add_argument("--out", default=None, help="default benchmarks/results/training_<device>.json")
@@ -339,10 +387,12 @@ def parse_args() -> argparse.Namespace:
     for flag, value, least, why in (
         ("--steps", args.steps, 1, ""),
         ("--warmup", args.warmup, 1, ""),
+        ("--rounds", args.rounds, 1, ""),
         ("--batch-size", args.batch_size, 1, ""),
         ("--images", args.images, args.batch_size, " (one batch)"),
         ("--memory-few", args.memory_few, args.batch_size, " (one batch)"),
         ("--memory-images", args.memory_images, args.memory_few + 1, " (more than --memory-few)"),
+        ("--memory-repeats", args.memory_repeats, 1, ""),
     ):
         if value < least:
             parser.error(f"{flag}={value} must be ≥ {least}{why}")
@@ -367,130 +417,101 @@ def main() -> None:
         return
     began, load_before = time.perf_counter(), os.getloadavg()[0]
     device, setup = torch.device(args.device), SETUPS[args.device]
-    preset, batch = setup["preset"], args.batch_size
     peak, peak_how = peak_flops(device)
-    workers = default_num_workers()
-    rows, ratios, flops, memory = [], [], {}, []
+    rows, ratios, flops, peaks = [], [], {}, []
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
             detail = max(1, round(size * setup["detail"]))
             folder = write_images(Path(tmp) / f"images-{size}", args.images, size, detail)
-            data = load_dataset(folder)
-            torch.manual_seed(0)
-            model = UNetModel.from_preset(preset, in_channels=3, sample_size=size)
+            torch.manual_seed(0)  # the weights `train` starts from (config.seed = 0)
+            model = UNetModel.from_preset(setup["preset"], in_channels=3, sample_size=size)
             flops[size] = forward_flops(model, size)
-            for precision in setup["precisions"]:
-                timings = {}
-                for variant in VARIANTS[:3] if args.no_compile else VARIANTS:
-                    timing = timings[variant] = measure(variant, model, data, folder, precision, args)
-                    speed = timing.examples_per_second
-                    rows.append(
-                        dict(
-                            size=size,
-                            precision=precision,
-                            variant=variant,
-                            examples_per_second=speed,
-                            median_step_examples_per_second=timing.median_step_examples_per_second,
-                            mfu=3 * flops[size] * speed / peak,
-                            startup_seconds=timing.startup,
-                        )
-                    )
-                    print(f"  {size}×{size} {precision} {variant}: {speed:.1f} examples/s", file=sys.stderr)
-                ratios.append(dict(size=size, precision=precision, **speed_ratios(timings)))
+            more_rows, more_ratios = throughput(size, model, folder, flops[size], peak, args)
+            rows += more_rows
+            ratios += more_ratios
         if not args.no_memory:
             detail = max(1, round(args.memory_size * setup["detail"]))
             many = write_images(Path(tmp) / "memory-many", args.memory_images, args.memory_size, detail)
-            few = Path(tmp) / "memory-few"
-            few.mkdir()
-            for path in sorted(many.iterdir())[: args.memory_few]:
-                shutil.copy(path, few / path.name)
-            for source in ("loader", "memory"):
-                small, large = peak_memory(few, source, args), peak_memory(many, source, args)
-                memory.append(
-                    dict(data=source, few_bytes=small, many_bytes=large, difference_bytes=large - small)
-                )
-                print(f"  memory, {source}: {small / MB:.0f} MB, {large / MB:.0f} MB", file=sys.stderr)
+            peaks = memory(many, args)
 
     name = (
         torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     )
     meta = dict(
-        preset=preset,
-        batch_size=batch,
+        preset=setup["preset"],
+        batch_size=args.batch_size,
         steps=args.steps,
         warmup=args.warmup,
+        rounds=args.rounds,
         images=args.images,
         device=name,
         torch=torch.__version__,
-        num_workers=workers,
+        num_workers=default_num_workers(),
         peak_flops=peak,
         peak_how=peak_how,
         forward_flops_per_sample={str(size): f for size, f in flops.items()},
         load_average=[load_before, os.getloadavg()[0]],
         seconds=time.perf_counter() - began,
+        memory=dict(
+            images=args.memory_images, few=args.memory_few, size=args.memory_size, steps=MEMORY_STEPS
+        ),
     )
-    report(meta, rows, ratios, memory, args)
+    report(meta, rows, ratios, peaks)
     out = args.out or f"benchmarks/results/training_{device.type}.json"
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     with open(out, "w", encoding="utf-8") as f:
-        json.dump(dict(meta=meta, rows=rows, ratios=ratios, memory=memory), f, indent=2)
+        json.dump(dict(meta=meta, rows=rows, ratios=ratios, memory=peaks), f, indent=2)
     print(f"wrote {out}")
 
 
-def report(meta: dict, rows: list[dict], ratios: list[dict], memory: list[dict], args) -> None:
+def report(meta: dict, rows: list[dict], ratios: list[dict], peaks: list[dict]) -> None:
     """The Markdown tables."""
     gflops = ", ".join(f"{s}×{s}: {f / 1e9:.3f}" for s, f in meta["forward_flops_per_sample"].items())
     print(
-        f"\n{meta['preset']}, batch {meta['batch_size']}, "
-        f"{meta['steps']} timed steps after {meta['warmup']}, "
-        f"{meta['images']} images per folder, {meta['device']}, torch {meta['torch']}, "
-        f"{meta['num_workers']} loader worker(s)\n"
+        f"\n{meta['preset']}, batch {meta['batch_size']}, {meta['rounds']} round(s) of "
+        f"{meta['steps']} timed steps after {meta['warmup']}, {meta['images']} images per folder, "
+        f"{meta['device']}, torch {meta['torch']}, {meta['num_workers']} loader worker(s)\n"
         f"forward GFLOP per sample (FlopCounterMode): {gflops}; a training step counted as 3× forward\n"
         f"peak {meta['peak_flops'] / 1e9:.1f} GFLOP/s: {meta['peak_how']}\n"
         f"1-minute load average {meta['load_average'][0]:.2f} at the start, "
         f"{meta['load_average'][1]:.2f} at the end; {meta['seconds'] / 60:.1f} minutes in all\n"
     )
-    print(
-        "| size | precision | variant | examples/s | MFU | examples/s from the median step "
-        "| start-up s (data, model, compile, warm-up) |"
-    )
+    print("| size | precision | variant | examples/s (median) | MFU | each round | start-up s, first round |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
+        each = ", ".join(f"{speed:.1f}" for speed in r["rounds"])
         print(
             f"| {r['size']}×{r['size']} | {r['precision']} | {r['variant']} | "
-            f"{r['examples_per_second']:.1f} | {100 * r['mfu']:.2f}% | "
-            f"{r['median_step_examples_per_second']:.1f} | {r['startup_seconds']:.0f} |"
+            f"{r['examples_per_second']:.1f} | {100 * r['mfu']:.1f}% | {each} | {r['startup_seconds']:.0f} |"
         )
-    print("\nRatios over the timed window (from the median steps):\n")
+    print("\nRatios: the median over the rounds of each round's ratio.\n")
     print(
         "| size | precision | loader / in memory (target ≥ 0.90) | ours eager (loader) / diffusers "
         "| ours compiled (loader) / diffusers (target ≥ 1.2) |"
     )
     print("|---|---|---|---|---|")
     for r in ratios:
-        cells = [
-            " ".join(
-                "–" if r[prefix + key] is None else pattern.format(r[prefix + key])
-                for prefix, pattern in (("", "{:.2f}"), ("median_", "({:.2f})"))
-            )
-            for key in ("loader_over_in_memory", "eager_over_diffusers", "compiled_over_diffusers")
-        ]
+        cells = ["–" if r[name] is None else f"{r[name]:.2f}" for name in RATIOS]
         print(f"| {r['size']}×{r['size']} | {r['precision']} | " + " | ".join(cells) + " |")
-    if memory:
+    if peaks:
+        m = meta["memory"]
         print(
-            f"\nPeak PSS of the training process tree, {MEMORY_STEPS} steps of batch {meta['batch_size']} "
-            f"on {args.memory_size}×{args.memory_size} PNGs (MB = 10^6 bytes):\n"
+            f"\nPeak PSS of the training process tree, {m['steps']} steps of batch {meta['batch_size']} "
+            f"on {m['size']}×{m['size']} PNGs, median of {len(peaks[0]['few_repeats'])} run(s) "
+            f"(MB = 10^6 bytes; each run in brackets):\n"
         )
         print(
-            f"| data | {args.memory_few} images | {args.memory_images} images "
-            "| difference (bound for the loader: 150 MB) |"
+            f"| data | {m['few']} images | {m['images']} images | difference (bound for the loader: 150 MB) |"
         )
         print("|---|---|---|---|")
-        for m in memory:
-            label = "loader (lazy)" if m["data"] == "loader" else "decoded in memory (the old way)"
+        for p in peaks:
+            label = "loader (lazy)" if p["data"] == "loader" else "decoded in memory (the old way)"
+            few, many = (
+                ", ".join(f"{b / MB:.0f}" for b in p[key]) for key in ("few_repeats", "many_repeats")
+            )
             print(
-                f"| {label} | {m['few_bytes'] / MB:.0f} MB | {m['many_bytes'] / MB:.0f} MB | "
-                f"{m['difference_bytes'] / MB:+.0f} MB |"
+                f"| {label} | {p['few_bytes'] / MB:.0f} MB ({few}) | "
+                f"{p['many_bytes'] / MB:.0f} MB ({many}) | {p['difference_bytes'] / MB:+.0f} MB |"
             )
 
 

@@ -336,7 +336,8 @@ def train(config: TrainingConfig) -> TrainResult:
         for _ in range(step):  # the schedule is a function of the step: replay it
             lr_scheduler.step()
     if config.compile:  # in place, before DDP wraps it: DDP's forward calls the compiled module
-        model.compile(fullgraph=True)
+        # static shapes: a run has one; dynamic ones after a second size fail in inductor
+        model.compile(fullgraph=True, dynamic=False)
     model, optimizer = accelerator.prepare(model, optimizer)
     if ema is not None:
         ema.to(device)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -75,5 +76,51 @@ def test_sampling_benchmark_rejects_bad_arguments(args, message):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error given without a CUDA device")
 def test_sampling_benchmark_refuses_cuda_without_a_gpu():
     cmd = [sys.executable, "benchmarks/sampling.py", "--device", "cuda"]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--device cuda" in result.stderr and "no CUDA device" in result.stderr
+
+
+def test_training_benchmark_runs(tmp_path):
+    out = tmp_path / "training.json"
+    cmd = [sys.executable, "benchmarks/training.py", "--sizes", "8", "--images", "8", "--batch-size", "2"]
+    cmd += ["--steps", "2", "--warmup", "1", "--rounds", "1", "--no-compile"]
+    cmd += ["--memory-images", "12", "--memory-few", "4", "--memory-size", "8", "--memory-repeats", "1"]
+    cmd += ["--out", str(out)]
+    # One torch thread: two would wait on each other whenever another process takes a core.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "loader / in memory" in result.stdout and "Peak PSS" in result.stdout
+    results = json.loads(out.read_text())
+    rows = results["rows"]
+    assert [r["variant"] for r in rows] == ["diffusers recipe", "ours, in memory", "ours, loader"]
+    assert all(r["examples_per_second"] > 0 and r["mfu"] > 0 and len(r["rounds"]) == 1 for r in rows)
+    assert results["meta"]["forward_flops_per_sample"]["8"] > 0 and results["meta"]["peak_flops"] > 0
+    (ratios,) = results["ratios"]
+    assert ratios["loader_over_in_memory"] > 0 and ratios["compiled_over_diffusers"] is None
+    assert [m["data"] for m in results["memory"]] == ["loader", "memory"]
+    assert all(m["few_bytes"] > 0 and m["many_bytes"] > 0 for m in results["memory"])
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--warmup", "0"], "--warmup=0"),
+        (["--rounds", "0"], "--rounds=0"),
+        (["--images", "10", "--batch-size", "16"], "--images=10"),
+        (["--memory-few", "600", "--memory-images", "600"], "--memory-images=600"),
+        (["--sizes", "32,12"], "--sizes: 12"),
+        (["--device", "tpu"], "--device"),
+    ],
+)
+def test_training_benchmark_rejects_bad_arguments(args, message):
+    cmd = [sys.executable, "benchmarks/training.py", *args]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and message in result.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error given without a CUDA device")
+def test_training_benchmark_refuses_cuda_without_a_gpu():
+    cmd = [sys.executable, "benchmarks/training.py", "--device", "cuda"]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "--device cuda" in result.stderr and "no CUDA device" in result.stderr
