@@ -25,12 +25,6 @@ def test_scheduler_step_benchmark_runs(tmp_path):
     assert all(r["ratio"] > 0 and r["ours_us"] > 0 and r["diffusers_us"] > 0 for r in rows)
 
 
-def test_scheduler_step_benchmark_rejects_bad_arguments():
-    cmd = [sys.executable, "benchmarks/scheduler_step.py", "--rounds", "0"]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and "--rounds=0" in result.stderr
-
-
 def test_sampling_benchmark_runs(tmp_path):
     out = tmp_path / "sampling.json"
     cmd = [sys.executable, "benchmarks/sampling.py", "--rounds", "1", "--steps-unet", "2", "--steps-mlp", "3"]
@@ -58,28 +52,6 @@ def test_sampling_benchmark_runs(tmp_path):
     assert results["compile"] == [] and results["meta"]["compile_mode"] is None
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--rounds", "0"], "--rounds=0"),
-        (["--steps-mlp", "0"], "--steps-mlp=0"),
-        (["--steps-unet", "1001"], "--steps-unet=1001"),
-        (["--device", "tpu"], "--device"),
-    ],
-)
-def test_sampling_benchmark_rejects_bad_arguments(args, message):
-    cmd = [sys.executable, "benchmarks/sampling.py", *args]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and message in result.stderr
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error given without a CUDA device")
-def test_sampling_benchmark_refuses_cuda_without_a_gpu():
-    cmd = [sys.executable, "benchmarks/sampling.py", "--device", "cuda"]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and "--device cuda" in result.stderr and "no CUDA device" in result.stderr
-
-
 def test_training_benchmark_runs(tmp_path):
     out = tmp_path / "training.json"
     cmd = [sys.executable, "benchmarks/training.py", "--sizes", "8", "--images", "8", "--batch-size", "2"]
@@ -103,24 +75,30 @@ def test_training_benchmark_runs(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "args, message",
+    "script, args, message",
     [
-        (["--warmup", "0"], "--warmup=0"),
-        (["--rounds", "0"], "--rounds=0"),
-        (["--images", "10", "--batch-size", "16"], "--images=10"),
-        (["--memory-few", "600", "--memory-images", "600"], "--memory-images=600"),
-        (["--sizes", "32,12"], "--sizes: 12"),
-        (["--device", "tpu"], "--device"),
+        ("scheduler_step", ["--rounds", "0"], "--rounds=0"),
+        ("sampling", ["--rounds", "0"], "--rounds=0"),
+        ("sampling", ["--steps-mlp", "0"], "--steps-mlp=0"),
+        ("sampling", ["--steps-unet", "1001"], "--steps-unet=1001"),
+        ("sampling", ["--device", "tpu"], "--device"),
+        ("training", ["--warmup", "0"], "--warmup=0"),
+        ("training", ["--rounds", "0"], "--rounds=0"),
+        ("training", ["--images", "10", "--batch-size", "16"], "--images=10"),
+        ("training", ["--memory-few", "600", "--memory-images", "600"], "--memory-images=600"),
+        ("training", ["--sizes", "32,12"], "--sizes: 12"),
+        ("training", ["--device", "tpu"], "--device"),
     ],
 )
-def test_training_benchmark_rejects_bad_arguments(args, message):
-    cmd = [sys.executable, "benchmarks/training.py", *args]
+def test_benchmarks_reject_bad_arguments(script, args, message):
+    cmd = [sys.executable, f"benchmarks/{script}.py", *args]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and message in result.stderr
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error given without a CUDA device")
-def test_training_benchmark_refuses_cuda_without_a_gpu():
-    cmd = [sys.executable, "benchmarks/training.py", "--device", "cuda"]
+@pytest.mark.parametrize("script", ["sampling", "training"])
+def test_benchmarks_refuse_cuda_without_a_gpu(script):
+    cmd = [sys.executable, f"benchmarks/{script}.py", "--device", "cuda"]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "--device cuda" in result.stderr and "no CUDA device" in result.stderr
