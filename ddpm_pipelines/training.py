@@ -5,11 +5,12 @@ One loop for one CPU or many GPUs (Hugging Face accelerate; the same command run
 loss's second moment, iDDPM §3.3) → `losses.training_losses` → AdamW with warm-up, gradient
 clipping and accumulation → an EMA of the weights.
 
-Everything random in a step is drawn from generators seeded by (seed, micro-batch, rank),
-and the data order of every epoch by (seed, epoch) (`micro_batch`, `data.data_indices`), so
-the state of a run is its step count plus what the checkpoint holds (`checkpoints`: weights,
-EMA, optimizer, the importance sampler's history, `resample`): `resume=True` continues a
-killed run exactly where it stopped.
+Everything random in a step is drawn from generators seeded by (seed, micro-batch) (`draws`),
+the data order of every epoch by (seed, epoch) and each image's flip by (seed, its position
+in the run's stream of examples) (`data.example_batches`), so the state of a run is its step
+count, its stream position and what the checkpoint holds (`checkpoints`: weights, EMA,
+optimizer, the importance sampler's history, `resample`): `resume=True` continues a killed
+run exactly where it stopped, whatever DataLoader workers read the images.
 """
 
 from __future__ import annotations
