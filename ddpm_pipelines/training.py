@@ -128,7 +128,7 @@ class TrainingConfig:
             raise ValueError(f"streaming=True reads an hf:NAME dataset, not {self.dataset!r}")
         if self.streaming and self.num_samples is not None:
             raise ValueError(
-                f"num_samples={self.num_samples!r} applies to a dataset read whole, not streaming"
+                f"num_samples={self.num_samples!r} applies to a dataset read whole, not a stream"
             )
         if self.num_workers is not None:
             _check_int("num_workers", self.num_workers, 0)
