@@ -358,7 +358,9 @@ def memory_child(args: argparse.Namespace) -> None:
 # ---- the run -----------------------------------------------------------------------------------------
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (`argv`, default sys.argv), checked: a bad value exits with status 2,
+    naming the flag."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -380,7 +382,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", default=None, help="default benchmarks/results/training_<device>.json")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--memory-child-data", choices=("loader", "memory"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     setup = SETUPS[args.device]
     args.batch_size = setup["batch_size"] if args.batch_size is None else args.batch_size
     sizes = setup["sizes"] if args.sizes is None else args.sizes

@@ -82,11 +82,6 @@ def test_training_benchmark_runs(tmp_path):
         ("sampling", ["--steps-mlp", "0"], "--steps-mlp=0"),
         ("sampling", ["--steps-unet", "1001"], "--steps-unet=1001"),
         ("sampling", ["--device", "tpu"], "--device"),
-        ("training", ["--warmup", "0"], "--warmup=0"),
-        ("training", ["--rounds", "0"], "--rounds=0"),
-        ("training", ["--images", "10", "--batch-size", "16"], "--images=10"),
-        ("training", ["--memory-few", "600", "--memory-images", "600"], "--memory-images=600"),
-        ("training", ["--sizes", "32,12"], "--sizes: 12"),
         ("training", ["--device", "tpu"], "--device"),
     ],
 )
@@ -94,6 +89,26 @@ def test_benchmarks_reject_bad_arguments(script, args, message):
     cmd = [sys.executable, f"benchmarks/{script}.py", *args]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and message in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--warmup", "0"], "--warmup=0"),
+        (["--rounds", "0"], "--rounds=0"),
+        (["--images", "10", "--batch-size", "16"], "--images=10"),
+        (["--memory-few", "600", "--memory-images", "600"], "--memory-images=600"),
+        (["--sizes", "32,12"], "--sizes: 12"),
+    ],
+)
+def test_training_benchmark_checks_its_arguments(args, message, capsys, monkeypatch):
+    """In this process (the subprocess cases above cover the command itself)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from training import parse_args
+
+    with pytest.raises(SystemExit) as exit:
+        parse_args(args)
+    assert exit.value.code == 2 and message in capsys.readouterr().err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error given without a CUDA device")
