@@ -175,19 +175,20 @@ class ImageDataset(torch.utils.data.Dataset):
     def pixels(self, source: _FileImages | _HubImages | _OneImage, index: int) -> torch.Tensor:
         """Image `index` of `source`, decoded and converted to this dataset's format."""
         image = _decode(source, index)
-        label = source.label(index)
         if image.mode.startswith(("I", "F")):  # 16/32-bit: converting to 8 bits would clip
-            raise ImageReadError(f"{label} has the PIL mode {image.mode!r}; only 8-bit images are supported")
+            raise ImageReadError(
+                f"{source.label(index)} has the PIL mode {image.mode!r}; only 8-bit images are supported"
+            )
         if self.mode == "L" and image.mode not in _GREY_MODES:
             raise ImageReadError(
-                f"{label} is a colour image (mode {image.mode!r}) in a dataset read as greyscale "
-                f"because its first image, {self.source.label(0)}, is: convert the images to one mode"
+                f"{source.label(index)} is a colour image (mode {image.mode!r}) in a dataset read as "
+                f"greyscale because its first image, {self.source.label(0)}, is: convert them to one mode"
             )
         size = self.image_size
         if not self.resize and image.size != (size, size):
             width, height = image.size
             raise ImageReadError(
-                f"the images must share one square size: {label} is {width}×{height}, "
+                f"the images must share one square size: {source.label(index)} is {width}×{height}, "
                 f"{self.source.label(0)} is {size}×{size}; pass image_size=... to resize them all"
             )
         image = image.convert(self.mode)
