@@ -498,7 +498,8 @@ def _dropout_seed(seed: int, index: int, rank: int) -> Iterator[None]:
 def _pipeline(accelerator, model, ema, scheduler, config: TrainingConfig, shape) -> DDPMPipeline:
     """A CPU pipeline with a fresh model (contiguous, not compiled) holding the EMA weights
     (the trained ones without an EMA)."""
-    net = build_model(config, shape)
+    with torch.random.fork_rng(devices=[]):  # its initial weights are overwritten: leave the RNG be
+        net = build_model(config, shape)
     net.load_state_dict(accelerator.unwrap_model(model).state_dict())
     if ema is not None:
         ema.copy_to(net.parameters())
