@@ -15,6 +15,7 @@ run exactly where it stopped, whatever DataLoader workers read the images.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
 import logging
@@ -265,6 +266,177 @@ def _write_atomically(path: Path, text: str) -> None:
 
 def train(config: TrainingConfig) -> TrainResult:
     """Run (or, with `resume=True`, continue) the training that `config` describes."""
+    run = _start(config)
+    accelerator, output = run.accelerator, Path(config.output_dir)
+    metrics = _MetricsLog(output, config.tensorboard) if accelerator.is_main_process else None
+    bar = None
+    if config.progress and accelerator.is_main_process:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.max_steps, initial=run.step, desc="training", unit="step", dynamic_ncols=True)
+    started, loss, push_error, pushed_step = time.perf_counter(), float("nan"), None, None
+    window_start, window_examples = time.perf_counter(), 0
+    try:
+        with _heap_kept() if accelerator.device.type == "cpu" else nullcontext():
+            while run.step < config.max_steps:
+                try:
+                    loss, grad_norm = _optimizer_step(run)
+                except TrainingError as error:
+                    last_good = checkpoint_dirs(output)
+                    where = (
+                        f"the last good checkpoint is {last_good[-1]}" if last_good else "no checkpoint yet"
+                    )
+                    raise TrainingError(f"{error}; {where}") from None
+                step = run.step = run.step + 1
+                run.position += run.per_step
+                window_examples += run.per_step
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                if metrics is not None and (step == config.max_steps or _every(step, config.log_every)):
+                    now = time.perf_counter()
+                    metrics.log(
+                        step,
+                        loss=loss,
+                        lr=run.lr_scheduler.get_last_lr()[0],
+                        grad_norm=grad_norm if config.max_grad_norm is not None else None,
+                        examples_per_second=window_examples / max(now - window_start, 1e-9),
+                        epoch=run.position / run.data.shape[0] if run.data.shape[0] else None,
+                    )
+                    window_start, window_examples = now, 0
+                if _every(step, config.sample_every) and accelerator.is_main_process:
+                    _save_samples(output / "samples" / f"step-{step:08d}.png", _pipeline(run), config)
+                if step == config.max_steps or _every(step, config.checkpoint_every):
+                    accelerator.wait_for_everyone()
+                    if accelerator.is_main_process:
+                        model = accelerator.unwrap_model(run.model)
+                        path = save_checkpoint(
+                            output, step, run.position, model, run.optimizer, run.ema, run.sampler, config
+                        )
+                        logger.info("saved %s", path)
+                        if config.push_every_checkpoint:
+                            folder = _save_pipeline(run, time.perf_counter() - started, loss)
+                            push_error, pushed_step = _push(folder, config, step), step
+                    accelerator.wait_for_everyone()
+        seconds = time.perf_counter() - started
+        if accelerator.is_main_process:
+            folder = _save_pipeline(run, seconds, loss)
+            if config.push_to_hub and pushed_step != run.step:
+                push_error = _push(folder, config, run.step)
+    finally:
+        run.batches.close()  # the DataLoader's workers
+        for stream in (metrics, bar):
+            if stream is not None:
+                stream.close()
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return TrainResult(output / "pipeline", run.step, seconds, loss, push_error)
+
+
+def _every(step: int, period: int) -> bool:
+    """Whether `step` is a multiple of a period of steps (0: never)."""
+    return period > 0 and step % period == 0
+
+
+def _optimizer_step(run: _Run) -> tuple[float, float]:
+    """One optimizer step over the step's micro-batches (gradients accumulated, synchronised
+    across processes on the last one): clipping, AdamW, the learning-rate schedule, the EMA.
+    Returns (the loss, the gradient's norm before clipping (0 without clipping)): the step's
+    one host read. Raises TrainingError, with the weights unchanged, when an image cannot be
+    read or the loss is not finite."""
+    config, accelerator, model = run.config, run.accelerator, run.model
+    rank, world, accumulation = (
+        accelerator.process_index,
+        accelerator.num_processes,
+        config.gradient_accumulation_steps,
+    )
+    total = torch.zeros((), device=accelerator.device)
+    for micro in range(accumulation):
+        index = run.step * accumulation + micro  # the run's micro-batch number
+        try:
+            x0 = next(run.batches).contiguous(memory_format=run.memory_format)
+        except ImageReadError as error:
+            raise TrainingError(
+                f"{error} (at step {run.step + 1}). Fix or remove the file and continue with resume=True "
+                "(--resume)"
+            ) from None
+        t, noise, weights = draws(x0, index, config, rank, world, run.sampler)
+        last = micro == accumulation - 1
+        with (
+            accelerator.no_sync(model) if not last else nullcontext(),
+            _dropout_seed(config.seed, index, rank),
+        ):
+            with accelerator.autocast():
+                losses = training_losses(
+                    lambda x, s: model(x, s).sample,
+                    run.scheduler,
+                    x0,
+                    config.loss,
+                    t=t,
+                    noise=noise,
+                    decoder="discretized" if run.images else "continuous",
+                )  # (B,)
+            loss = (losses * weights).mean() if weights is not None else losses.mean()
+            accelerator.backward(loss / accumulation)
+        if run.sampler is not None:
+            all_t, all_losses = accelerator.gather((t, losses.detach().float()))
+            run.sampler.update(all_t.cpu(), all_losses.cpu())
+        total += loss.detach() / accumulation
+    total = accelerator.reduce(total, "mean")
+    norm = torch.zeros((), device=accelerator.device)  # the gradient's norm, when it is clipped
+    if config.max_grad_norm is not None:
+        norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+    loss_value, grad_norm = torch.stack([total.float(), norm.to(total.device, torch.float32)]).tolist()
+    if not math.isfinite(loss_value):
+        run.optimizer.zero_grad(set_to_none=True)
+        raise TrainingError(
+            f"the loss is {loss_value} at step {run.step + 1}: stopping without applying it. "
+            f"Try a lower learning_rate or mixed_precision='no'"
+        )
+    run.optimizer.step()
+    run.lr_scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.ema is not None:
+        run.ema.step(accelerator.unwrap_model(model).parameters())
+    return loss_value, grad_norm
+
+
+# ---- setting a run up --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    """A run's parts, as `_start` builds them, and where it stands."""
+
+    config: TrainingConfig
+    accelerator: Any
+    data: torch.Tensor | ImageDataset | StreamingImages
+    scheduler: schedulers.DDPMScheduler
+    model: torch.nn.Module  # as accelerate prepared it (wrapped in DDP across processes)
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: Any
+    ema: Any  # diffusers' EMAModel, or None
+    sampler: LossSecondMomentSampler | None
+    memory_format: torch.memory_format
+    batches: Iterator[torch.Tensor]  # this process's micro-batches, from `position` on
+    step: int  # optimizer steps done
+    position: int  # examples of the run's stream read, by all processes
+
+    @property
+    def images(self) -> bool:
+        return len(self.data.shape) == 4
+
+    @property
+    def per_step(self) -> int:
+        """Examples of the stream read by one optimizer step (all processes, all micro-batches)."""
+        config = self.config
+        return config.batch_size * self.accelerator.num_processes * config.gradient_accumulation_steps
+
+
+def _start(config: TrainingConfig) -> _Run:
+    """Everything a run needs before its first step: the processes, the data, the model,
+    optimizer, EMA and timestep sampler (from the newest checkpoint with `resume`), the
+    learning-rate schedule at the run's step, and the batches from the run's position."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from diffusers.optimization import get_scheduler
@@ -286,11 +458,11 @@ def train(config: TrainingConfig) -> TrainResult:
             f"the dataset {config.dataset!r} has {size} examples, fewer than one batch "
             f"(batch_size={config.batch_size} × {world} processes): lower batch_size or add data"
         )
-    images = len(data.shape) == 4
     scheduler = build_scheduler(config, data.shape)
     with torch.random.fork_rng(devices=[]):  # the initial weights from the run's seed
         torch.manual_seed(config.seed)
         model = build_model(config, data.shape)
+    images = len(data.shape) == 4
     memory_format = torch.channels_last if config.channels_last and images else torch.contiguous_format
     model.to(memory_format=memory_format)
     optimizer = torch.optim.AdamW(
@@ -313,9 +485,6 @@ def train(config: TrainingConfig) -> TrainResult:
         if config.timestep_sampler == "importance"
         else None
     )
-
-    global_batch = config.batch_size * world
-    per_step = global_batch * config.gradient_accumulation_steps  # examples per optimizer step
     step, position = 0, 0  # optimizer steps done; examples of the stream read
     existing = checkpoint_dirs(output)
     if config.resume and existing:
@@ -356,133 +525,48 @@ def train(config: TrainingConfig) -> TrainResult:
         num_workers=default_num_workers() if config.num_workers is None else config.num_workers,
         device=device,
     )
-    decoder = "discretized" if images else "continuous"
-
     if accelerator.is_main_process:
         output.mkdir(parents=True, exist_ok=True)
         _write_atomically(output / "training_config.json", json.dumps(dataclasses.asdict(config), indent=2))
-    metrics = _MetricsLog(output, config.tensorboard) if accelerator.is_main_process else None
-    bar = None
-    if config.progress and accelerator.is_main_process:
-        from tqdm.auto import tqdm
+    return _Run(
+        config,
+        accelerator,
+        data,
+        scheduler,
+        model,
+        optimizer,
+        lr_scheduler,
+        ema,
+        sampler,
+        memory_format,
+        batches,
+        step,
+        position,
+    )
 
-        bar = tqdm(total=config.max_steps, initial=step, desc="training", unit="step", dynamic_ncols=True)
 
-    def stop(reason: str) -> TrainingError:
-        """Close the logs; the error that stops the run, naming where it can resume from."""
-        batches.close()  # the DataLoader's workers
-        for stream in (metrics, bar):
-            if stream is not None:
-                stream.close()
-        last_good = checkpoint_dirs(output)
-        where = f"the last good checkpoint is {last_good[-1]}" if last_good else "no checkpoint yet"
-        return TrainingError(f"{reason}; {where}")
-
-    model.train()
-    started, loss_value, push_error, pushed_step = time.perf_counter(), float("nan"), None, None
-    window_start, window_examples = time.perf_counter(), 0
-    while step < config.max_steps:
-        total = torch.zeros((), device=device)
-        for micro in range(config.gradient_accumulation_steps):
-            index = step * config.gradient_accumulation_steps + micro  # the run's micro-batch number
-            try:
-                x0 = next(batches).contiguous(memory_format=memory_format)
-            except ImageReadError as error:
-                raise stop(
-                    f"{error} (at step {step + 1}). Fix or remove the file and continue with resume=True "
-                    "(--resume)"
-                ) from None
-            t, noise, weights = draws(x0, index, config, rank, world, sampler)
-            last = micro == config.gradient_accumulation_steps - 1
-            with (
-                accelerator.no_sync(model) if not last else nullcontext(),
-                _dropout_seed(config.seed, index, rank),
-            ):
-                with accelerator.autocast():
-                    losses = training_losses(
-                        lambda x, s: model(x, s).sample,
-                        scheduler,
-                        x0,
-                        config.loss,
-                        t=t,
-                        noise=noise,
-                        decoder=decoder,
-                    )  # (B,)
-                loss = (losses * weights).mean() if weights is not None else losses.mean()
-                accelerator.backward(loss / config.gradient_accumulation_steps)
-            if sampler is not None:
-                all_t, all_losses = accelerator.gather((t, losses.detach().float()))
-                sampler.update(all_t.cpu(), all_losses.cpu())
-            total += loss.detach() / config.gradient_accumulation_steps
-        total = accelerator.reduce(total, "mean")
-        norm = torch.zeros((), device=device)  # the gradient's norm, when it is clipped
-        if config.max_grad_norm is not None:
-            norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-        # The step's one host read: the loss and the norm, for the check below and the logs.
-        loss_value, grad_norm = torch.stack([total.float(), norm.to(device, torch.float32)]).tolist()
-        if not math.isfinite(loss_value):
-            optimizer.zero_grad(set_to_none=True)
-            raise stop(
-                f"the loss is {loss_value} at step {step + 1}: stopping without applying it. "
-                f"Try a lower learning_rate or mixed_precision='no'"
-            )
-        optimizer.step()
-        lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.step(accelerator.unwrap_model(model).parameters())
-        step += 1
-        position += per_step
-        window_examples += per_step
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
-        if metrics is not None and (
-            step == config.max_steps or (config.log_every and step % config.log_every == 0)
-        ):
-            now = time.perf_counter()
-            metrics.log(
-                step,
-                loss=loss_value,
-                lr=lr_scheduler.get_last_lr()[0],
-                grad_norm=grad_norm if config.max_grad_norm is not None else None,
-                examples_per_second=window_examples / max(now - window_start, 1e-9),
-                epoch=position / size if size else None,
-            )
-            window_start, window_examples = now, 0
-        if config.sample_every and step % config.sample_every == 0 and accelerator.is_main_process:
-            _save_samples(
-                output / "samples" / f"step-{step:08d}.png",
-                _pipeline(accelerator, model, ema, scheduler, config, data.shape),
-                config,
-            )
-        if step == config.max_steps or (config.checkpoint_every and step % config.checkpoint_every == 0):
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                path = save_checkpoint(
-                    output, step, position, accelerator.unwrap_model(model), optimizer, ema, sampler, config
-                )
-                logger.info("saved %s", path)
-                if config.push_every_checkpoint:
-                    pipe = _pipeline(accelerator, model, ema, scheduler, config, data.shape)
-                    seconds = time.perf_counter() - started
-                    push_error = _push(_save_pipeline(pipe, config, step, seconds, loss_value), config, step)
-                    pushed_step = step
-            accelerator.wait_for_everyone()
-    if bar is not None:
-        bar.close()
-
-    seconds = time.perf_counter() - started
-    pipeline_dir = output / "pipeline"
-    if accelerator.is_main_process:
-        pipe = _pipeline(accelerator, model, ema, scheduler, config, data.shape)
-        _save_pipeline(pipe, config, step, seconds, loss_value)
-        if config.push_to_hub and pushed_step != step:
-            push_error = _push(pipeline_dir, config, step)
-        metrics.close()
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return TrainResult(pipeline_dir, step, seconds, loss_value, push_error)
+@contextmanager
+def _heap_kept() -> Iterator[None]:
+    """Inside, on Linux with glibc: every allocation from the heap (none mmap'd) and up to
+    1 GiB freed at its top kept, so that a step's large activations reuse the last step's
+    pages instead of faulting in fresh zeroed ones (the CPU allocator caches nothing). After:
+    glibc's defaults again, and the kept memory returned. Elsewhere: nothing."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, Windows, musl)
+        libc = None
+    if libc is None or not hasattr(libc, "malloc_trim"):
+        yield
+        return
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # malloc.h
+    libc.mallopt(M_MMAP_MAX, 0)
+    libc.mallopt(M_TRIM_THRESHOLD, 2**30)
+    try:
+        yield
+    finally:
+        libc.mallopt(M_MMAP_MAX, 65536)  # the defaults
+        libc.mallopt(M_TRIM_THRESHOLD, 128 * 1024)
+        libc.malloc_trim(0)
 
 
 @contextmanager
@@ -495,15 +579,16 @@ def _dropout_seed(seed: int, index: int, rank: int) -> Iterator[None]:
         yield
 
 
-def _pipeline(accelerator, model, ema, scheduler, config: TrainingConfig, shape) -> DDPMPipeline:
+def _pipeline(run: _Run) -> DDPMPipeline:
     """A CPU pipeline with a fresh model (contiguous, not compiled) holding the EMA weights
     (the trained ones without an EMA)."""
     with torch.random.fork_rng(devices=[]):  # its initial weights are overwritten: leave the RNG be
-        net = build_model(config, shape)
-    net.load_state_dict(accelerator.unwrap_model(model).state_dict())
-    if ema is not None:
-        ema.copy_to(net.parameters())
-    pipe = DDPMPipeline(unet=net.eval(), scheduler=schedulers.DDPMScheduler.from_config(scheduler.config))
+        net = build_model(run.config, run.data.shape)
+    net.load_state_dict(run.accelerator.unwrap_model(run.model).state_dict())
+    if run.ema is not None:
+        run.ema.copy_to(net.parameters())
+    scheduler = schedulers.DDPMScheduler.from_config(run.scheduler.config)
+    pipe = DDPMPipeline(unet=net.eval(), scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -524,13 +609,12 @@ def _save_samples(path: Path, pipe: DDPMPipeline, config: TrainingConfig) -> Non
     hub.write_file_atomically(path, lambda tmp: picture.save(tmp, format="PNG"))
 
 
-def _save_pipeline(
-    pipe: DDPMPipeline, config: TrainingConfig, step: int, seconds: float, loss: float
-) -> Path:
-    """output_dir/pipeline: the pipeline and its model card (how it was trained)."""
-    folder = Path(config.output_dir) / "pipeline"
+def _save_pipeline(run: _Run, seconds: float, loss: float) -> Path:
+    """output_dir/pipeline: the run's pipeline and its model card (how it was trained)."""
+    folder = Path(run.config.output_dir) / "pipeline"
+    pipe = _pipeline(run)
     pipe.save_pretrained(folder)
-    _write_atomically(folder / "README.md", training_card(pipe, config, step, seconds, loss))
+    _write_atomically(folder / "README.md", training_card(pipe, run.config, run.step, seconds, loss))
     return folder
 
 

@@ -329,3 +329,46 @@ def test_the_importance_sampler_refuses_a_history_of_another_shape():
     state = LossSecondMomentSampler(20).state_dict()
     with pytest.raises(ValueError, match=r"history has shape \(20, 10\), this run needs \(10, 10\)"):
         sampler.load_state_dict(state)
+
+
+HEAP_PROBE = """
+import json, resource, sys, torch
+from ddpm_pipelines import training
+
+def faults_of_a_64_mb_tensor_after_another():
+    counts = []
+    for _ in range(3):  # the fewest of 3: where the heap places a chunk varies with its history
+        torch.ones(2**24)  # written, then freed
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        torch.ones(2**24)
+        counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return min(counts)
+
+seen, step = {"before": faults_of_a_64_mb_tensor_after_another(), "steps": []}, training._optimizer_step
+
+def probed(run):
+    seen["steps"].append(faults_of_a_64_mb_tensor_after_another())
+    return step(run)
+
+training._optimizer_step = probed
+training.train(training.TrainingConfig(**json.loads(sys.argv[1])))
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_cpu_steps_reuse_the_heap_instead_of_faulting_in_fresh_pages(tmp_path):
+    """From the second step of `train` on the CPU, a freed 64 MB tensor's pages serve the next
+    one, as a step's activations reuse the last step's (the first step's heap may still be
+    growing); before the run, glibc's defaults map fresh pages each time. In a fresh process:
+    the test process's heap has a history. (After a run, glibc reuses what the heap holds
+    before it maps fresh pages, so what "after" shows depends on that history too.)"""
+    config = {**SMALL, "output_dir": str(tmp_path / "run"), "max_steps": 3}
+    cmd = [sys.executable, "-c", HEAP_PROBE, json.dumps(config)]
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.splitlines()[-1])
+    assert len(seen["steps"]) == 3 and seen["steps"][1:] == [0, 0]
+    assert seen["before"] >= 2**24 * 4 // 4096  # every page fresh
