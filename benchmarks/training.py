@@ -7,19 +7,25 @@ diffusers' unconditional training recipe, in one run (issue 12).
      the decoded images in memory, noise and t drawn per batch, `add_noise`, the UNet, an
      MSE loss, `accelerator.backward`, clipping, AdamW, a warm-up schedule, diffusers'
      EMAModel, the loss read back every step for its logs);
+   - "diffusers recipe, heap kept" (CPU only): the same inside the glibc allocator setting
+     that `train` runs its CPU steps in (`training._heap_kept`), which spares every step
+     faulting in fresh pages for its large activations: what the setting alone gives;
    - "ours, in memory": `train` on the folder decoded whole into one tensor
      (`data.load_dataset`, the old way);
    - "ours, loader": `train` as it is, reading the folder lazily through its DataLoader
      with the default number of worker processes (`data.default_num_workers`);
    - "ours compiled, loader": the same with compile=True (not with --no-compile).
-   Both loops use L_simple with uniform t, so the work per step is the same. Each run is
-   timed over `--steps` steps after `--warmup` untimed ones (which cover torch.compile);
-   ours from its own metrics.jsonl, logged every step. `--rounds` rounds run every
+   Both loops use L_simple with uniform t, so the work per step is the same. Each run is a
+   child process of its own (the hidden --measure-child flag), so that none inherits
+   another's allocator state, heap or compiled code, and is timed over `--steps` steps after
+   `--warmup` untimed ones (which cover torch.compile); ours from its own metrics.jsonl,
+   logged every step. `--rounds` rounds run every
    variant once, in an order rotated each round; a variant's figure is its median over
    the rounds, and a ratio the median over the rounds of the ratio within each round (so
    that the machine's drifts between rounds cancel). Ratios: loader / in memory (the
    issue's target ≥ 0.90), ours eager (loader) / diffusers and ours compiled (loader) /
-   diffusers (target ≥ 1.2).
+   diffusers (target ≥ 1.2), and ours compiled / diffusers with the heap kept (how much of
+   the gain is not the allocator's).
 2. Model FLOP utilization beside each figure: the forward FLOPs of one sample, counted in
    the run by torch.utils.flop_counter.FlopCounterMode (attention through the math
    backend, so that its matmuls are counted), times 3 for a training step (forward and
@@ -58,11 +64,12 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -79,12 +86,19 @@ SETUPS = {
     "cpu": dict(preset="small-32", batch_size=64, precisions=("no",), sizes="32,64", detail=1 / 4),
     "cuda": dict(preset="ddpm-cifar10-32", batch_size=128, precisions=("no", "bf16"), sizes="32", detail=1),
 }
-VARIANTS = ("diffusers recipe", "ours, in memory", "ours, loader", "ours compiled, loader")
-DIFFUSERS, IN_MEMORY, LOADER, COMPILED = VARIANTS
+VARIANTS = (
+    "diffusers recipe",
+    "diffusers recipe, heap kept",
+    "ours, in memory",
+    "ours, loader",
+    "ours compiled, loader",
+)
+DIFFUSERS, DIFFUSERS_KEPT, IN_MEMORY, LOADER, COMPILED = VARIANTS
 RATIOS = {  # name: (numerator, denominator)
     "loader_over_in_memory": (LOADER, IN_MEMORY),
     "eager_over_diffusers": (LOADER, DIFFUSERS),
     "compiled_over_diffusers": (COMPILED, DIFFUSERS),
+    "compiled_over_diffusers_heap_kept": (COMPILED, DIFFUSERS_KEPT),
 }
 MEMORY_STEPS = 3
 MB = 1e6
@@ -150,10 +164,6 @@ def ours(
     """(examples per second of `train` over `steps` steps after `warmup`, from its own
     metrics, logged every step; seconds from the call to the end of the warm-up steps:
     reading the data, building the model, compiling it, the steps)."""
-    if compile:
-        # As a fresh process would: after a run at another image size, torch.compile would
-        # otherwise make the sizes dynamic, which inductor fails to compile for this UNet.
-        torch._dynamo.reset()
     with tempfile.TemporaryDirectory() as out:
         called = time.time()  # the metrics' clock
         with decoded_in_memory(in_memory):
@@ -255,17 +265,19 @@ def write_images(folder: Path, count: int, size: int, detail: int, seed: int = 0
 # ---- throughput --------------------------------------------------------------------------------------
 
 
-def throughput(size, model, folder, flops, peak, args) -> tuple[list[dict], list[dict]]:
+def throughput(size, folder, flops, peak, args) -> tuple[list[dict], list[dict]]:
     """The rows and ratios of one image size, each precision: `args.rounds` rounds of every
-    variant, in an order rotated each round."""
-    variants = VARIANTS[:3] if args.no_compile else VARIANTS
-    data = load_dataset(folder)  # the recipe's, in memory
+    variant, in an order rotated each round. The heap is kept only on the CPU (`train` keeps
+    it only there); --no-compile leaves the compiled variant out."""
+    left_out = {DIFFUSERS_KEPT} if args.device != "cpu" else set()
+    left_out |= {COMPILED} if args.no_compile else set()
+    variants = [variant for variant in VARIANTS if variant not in left_out]
     rows, ratios = [], []
     for precision in SETUPS[args.device]["precisions"]:
         speeds, startups = {variant: [] for variant in variants}, {}
         for turn in range(args.rounds):
             for variant in variants[turn % len(variants) :] + variants[: turn % len(variants)]:
-                speed, startup = measure(variant, model, data, folder, precision, args)
+                speed, startup = measure(variant, folder, precision, args)
                 speeds[variant].append(speed)
                 startups.setdefault(variant, startup)  # the first round's: a cold compile
                 print(f"  {size}×{size} {precision} {variant}: {speed:.1f} examples/s", file=sys.stderr)
@@ -284,7 +296,7 @@ def throughput(size, model, folder, flops, peak, args) -> tuple[list[dict], list
             )
         ratio = dict(size=size, precision=precision)
         for name, (top, bottom) in RATIOS.items():
-            if top in variants:
+            if top in variants and bottom in variants:
                 ratio[name] = statistics.median(
                     a / b for a, b in zip(speeds[top], speeds[bottom], strict=True)
                 )
@@ -294,24 +306,49 @@ def throughput(size, model, folder, flops, peak, args) -> tuple[list[dict], list
     return rows, ratios
 
 
-def measure(variant, model, data, folder, precision, args) -> tuple[float, float]:
-    """One run of `variant`: the diffusers recipe on a copy of `model` and on `data`; ours on
-    `folder`, with the model `train` builds from the same seed."""
-    if variant == DIFFUSERS:
-        device = torch.device(args.device)
-        model = copy.deepcopy(model)
-        return diffusers_recipe(model, data, args.batch_size, args.steps, args.warmup, device, precision)
-    preset = SETUPS[args.device]["preset"]
-    return ours(
-        str(folder),
-        preset,
-        args.batch_size,
-        args.steps,
-        args.warmup,
-        precision,
-        in_memory=variant == IN_MEMORY,
-        compile=variant == COMPILED,
-    )
+def measure(variant: str, folder: Path, precision: str, args: argparse.Namespace) -> tuple[float, float]:
+    """(examples per second, start-up seconds) of one run of `variant` on `folder`, in a child
+    process of its own (this script with the hidden --measure-child), as a user runs either
+    loop: no run inherits another's allocator settings, heap, compiled code or warm caches."""
+    command = [sys.executable, __file__, "--device", args.device, "--batch-size", str(args.batch_size)]
+    command += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+    command += ["--measure-child", variant, str(folder), precision]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(
+            f"the run {variant!r} failed (exit status {done.returncode}):\n{done.stderr[-4000:]}"
+        )
+    speed, startup = json.loads(done.stdout.splitlines()[-1])
+    return speed, startup
+
+
+def measure_child(args: argparse.Namespace) -> None:
+    """One run, as --measure-child VARIANT FOLDER PRECISION says; prints [examples/s, start-up s].
+    The recipe trains the model `train` builds from the same seed, on the folder decoded into
+    memory; "heap kept" runs it inside `train`'s allocator setting (`training._heap_kept`)."""
+    variant, folder, precision = args.measure_child
+    preset, device = SETUPS[args.device]["preset"], torch.device(args.device)
+    if variant in (DIFFUSERS, DIFFUSERS_KEPT):
+        data = load_dataset(folder)
+        torch.manual_seed(0)  # the weights `train` starts from (config.seed = 0)
+        model = UNetModel.from_preset(preset, in_channels=3, sample_size=data.shape[-1])
+        with training._heap_kept() if variant == DIFFUSERS_KEPT else nullcontext():
+            result = diffusers_recipe(
+                model, data, args.batch_size, args.steps, args.warmup, device, precision
+            )
+    else:
+        in_memory, compile = variant == IN_MEMORY, variant == COMPILED
+        result = ours(
+            folder,
+            preset,
+            args.batch_size,
+            args.steps,
+            args.warmup,
+            precision,
+            in_memory=in_memory,
+            compile=compile,
+        )
+    print(json.dumps(result))
 
 
 # ---- memory ------------------------------------------------------------------------------------------
@@ -381,6 +418,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled runs")
     parser.add_argument("--out", default=None, help="default benchmarks/results/training_<device>.json")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--measure-child", nargs=3, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--memory-child-data", choices=("loader", "memory"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     setup = SETUPS[args.device]
@@ -417,6 +455,9 @@ def main() -> None:
     if args.memory_child:
         memory_child(args)
         return
+    if args.measure_child:
+        measure_child(args)
+        return
     began, load_before = time.perf_counter(), os.getloadavg()[0]
     device, setup = torch.device(args.device), SETUPS[args.device]
     peak, peak_how = peak_flops(device)
@@ -425,10 +466,9 @@ def main() -> None:
         for size in args.sizes:
             detail = max(1, round(size * setup["detail"]))
             folder = write_images(Path(tmp) / f"images-{size}", args.images, size, detail)
-            torch.manual_seed(0)  # the weights `train` starts from (config.seed = 0)
             model = UNetModel.from_preset(setup["preset"], in_channels=3, sample_size=size)
             flops[size] = forward_flops(model, size)
-            more_rows, more_ratios = throughput(size, model, folder, flops[size], peak, args)
+            more_rows, more_ratios = throughput(size, folder, flops[size], peak, args)
             rows += more_rows
             ratios += more_ratios
         if not args.no_memory:
@@ -489,9 +529,9 @@ def report(meta: dict, rows: list[dict], ratios: list[dict], peaks: list[dict]) 
     print("\nRatios: the median over the rounds of each round's ratio.\n")
     print(
         "| size | precision | loader / in memory (target ≥ 0.90) | ours eager (loader) / diffusers "
-        "| ours compiled (loader) / diffusers (target ≥ 1.2) |"
+        "| ours compiled (loader) / diffusers (target ≥ 1.2) | ours compiled / diffusers with the heap kept |"
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     for r in ratios:
         cells = ["–" if r[name] is None else f"{r[name]:.2f}" for name in RATIOS]
         print(f"| {r['size']}×{r['size']} | {r['precision']} | " + " | ".join(cells) + " |")

@@ -65,11 +65,13 @@ def test_training_benchmark_runs(tmp_path):
     assert "loader / in memory" in result.stdout and "Peak PSS" in result.stdout
     results = json.loads(out.read_text())
     rows = results["rows"]
-    assert [r["variant"] for r in rows] == ["diffusers recipe", "ours, in memory", "ours, loader"]
+    variants = ["diffusers recipe", "diffusers recipe, heap kept", "ours, in memory", "ours, loader"]
+    assert [r["variant"] for r in rows] == variants
     assert all(r["examples_per_second"] > 0 and r["mfu"] > 0 and len(r["rounds"]) == 1 for r in rows)
     assert results["meta"]["forward_flops_per_sample"]["8"] > 0 and results["meta"]["peak_flops"] > 0
     (ratios,) = results["ratios"]
-    assert ratios["loader_over_in_memory"] > 0 and ratios["compiled_over_diffusers"] is None
+    assert ratios["loader_over_in_memory"] > 0 and ratios["eager_over_diffusers"] > 0
+    assert ratios["compiled_over_diffusers"] is None and ratios["compiled_over_diffusers_heap_kept"] is None
     assert [m["data"] for m in results["memory"]] == ["loader", "memory"]
     assert all(m["few_bytes"] > 0 and m["many_bytes"] > 0 for m in results["memory"])
 
