@@ -31,7 +31,13 @@ diffusers' unconditional training recipe, in one run (issue 12).
    backend, so that its matmuls are counted), times 3 for a training step (forward and
    backward), times examples per second, over a peak measured in the same run: the best
    of several large square matmuls (float32 on the CPU, bfloat16 on CUDA).
-3. Memory: the peak proportional set size of a training run's whole process tree (the
+3. The step alone (`steps_in_turn`), without either loop around it: one step of the
+   recipe's (foreach AdamW, diffusers' EMA tensor by tensor) and of ours (fused AdamW, a
+   foreach EMA; eager, compiled, and compiled with channels-last) in turn, for
+   `--step-rounds` rounds in one process, so that the machine's slow drifts cancel within a
+   round; on the CPU also the share of our eager step's time in the convolutions forward
+   and backward, which every variant calls alike (torch.profiler).
+4. Memory: the peak proportional set size of a training run's whole process tree (the
    DataLoader's workers included; `common.peak_pss_bytes`), a few steps on a folder of
    `--memory-images` PNGs against the same on the first `--memory-few` of them (the
    issue's bound: within 150 MB), read by the loader and, for comparison, decoded in
@@ -50,7 +56,7 @@ The figures in the README come from
 
     python benchmarks/training.py                  # and: --device cuda
 
-(--steps, --warmup, --rounds, --batch-size, --sizes, --images, --memory-images,
+(--steps, --warmup, --rounds, --step-rounds, --batch-size, --sizes, --images, --memory-images,
 --memory-few, --memory-size, --memory-repeats, --no-memory and --no-compile make shorter
 runs.) It prints Markdown tables and writes the figures to
 benchmarks/results/training_<device>.json (--out).
@@ -68,7 +74,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -351,6 +357,88 @@ def measure_child(args: argparse.Namespace) -> None:
     print(json.dumps(result))
 
 
+# ---- steps in turn -----------------------------------------------------------------------------------
+
+STEP_VARIANTS = ("recipe's step", "ours, eager", "ours, compiled", "ours, compiled, channels-last")
+
+
+def steps_in_turn(size: int, model: torch.nn.Module, args: argparse.Namespace) -> dict:
+    """The step alone, without either loop around it: one step of each variant in turn, for
+    `args.step_rounds` rounds in one process, on one random batch, inside `train`'s heap
+    setting on the CPU (so that no variant pays for page faults). The recipe's step is
+    foreach AdamW and diffusers' EMA tensor by tensor; ours fused AdamW and a foreach EMA,
+    eager or compiled. A round's ratios cancel the machine's drifts, which are slower than a
+    round. On the CPU also `convolution_share` of our eager step."""
+    from diffusers.training_utils import EMAModel
+
+    device = torch.device(args.device)
+    x = torch.randn(args.batch_size, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+    parts = {}
+    for variant in STEP_VARIANTS if not args.no_compile else STEP_VARIANTS[:2]:
+        net = copy.deepcopy(model).to(device)
+        memory_format = torch.channels_last if "channels-last" in variant else torch.contiguous_format
+        net.to(memory_format=memory_format)
+        ours = variant != STEP_VARIANTS[0]
+        optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=ours)
+        ema = EMAModel(net.parameters(), decay=0.9999, use_ema_warmup=True, power=3 / 4, foreach=ours)
+        if "compiled" in variant:
+            net.compile(fullgraph=True, dynamic=False)
+        parts[variant] = (net, optimizer, ema, x.contiguous(memory_format=memory_format))
+
+    def step(variant: str) -> None:
+        net, optimizer, ema, batch = parts[variant]
+        noise = torch.randn_like(batch)
+        t = torch.randint(0, 1000, (batch.shape[0],), device=device)
+        F.mse_loss(net(batch + noise, t).sample, noise).backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.step(net.parameters())
+        sync(device)
+
+    variants, seconds = list(parts), {variant: [] for variant in parts}
+    with training._heap_kept() if device.type == "cpu" else nullcontext():
+        for variant in variants:
+            for _ in range(2):  # warm-up, and the compiles
+                step(variant)
+        for turn in range(args.step_rounds):
+            for variant in variants[turn % len(variants) :] + variants[: turn % len(variants)]:
+                started = time.perf_counter()
+                step(variant)
+                seconds[variant].append(time.perf_counter() - started)
+        share = convolution_share(lambda: step(STEP_VARIANTS[1])) if device.type == "cpu" else None
+    recipe = seconds[STEP_VARIANTS[0]]
+    rows = [
+        dict(
+            variant=variant,
+            ms_per_step=1e3 * statistics.median(seconds[variant]),
+            speed_over_recipe=statistics.median(r / s for r, s in zip(recipe, seconds[variant], strict=True)),
+        )
+        for variant in variants
+    ]
+    print(
+        f"  {size}×{size} steps in turn: " + ", ".join(f"{r['speed_over_recipe']:.2f}" for r in rows),
+        file=sys.stderr,
+    )
+    return dict(size=size, rounds=args.step_rounds, rows=rows, convolution_share=share)
+
+
+def convolution_share(step: Callable[[], None]) -> float:
+    """The share of a CPU step's self time spent in the convolutions, forward and backward
+    (torch.profiler): oneDNN kernels that eager and compiled steps alike call."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as profiled:
+        step()
+    events = profiled.key_averages()
+    convolutions = sum(
+        e.self_cpu_time_total
+        for e in events
+        if e.key in ("aten::mkldnn_convolution", "aten::convolution_backward")
+    )
+    return convolutions / sum(e.self_cpu_time_total for e in events)
+
+
 # ---- memory ------------------------------------------------------------------------------------------
 
 
@@ -414,6 +502,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--memory-few", type=int, default=500, help="the small memory folder")
     parser.add_argument("--memory-size", type=int, default=64, help="the memory folders' image side")
     parser.add_argument("--memory-repeats", type=int, default=3, help="runs on each memory folder")
+    parser.add_argument("--step-rounds", type=int, default=8, help="rounds of the steps in turn (default 8)")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled runs")
     parser.add_argument("--out", default=None, help="default benchmarks/results/training_<device>.json")
@@ -428,6 +517,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ("--steps", args.steps, 1, ""),
         ("--warmup", args.warmup, 1, ""),
         ("--rounds", args.rounds, 1, ""),
+        ("--step-rounds", args.step_rounds, 1, ""),
         ("--batch-size", args.batch_size, 1, ""),
         ("--images", args.images, args.batch_size, " (one batch)"),
         ("--memory-few", args.memory_few, args.batch_size, " (one batch)"),
@@ -461,7 +551,7 @@ def main() -> None:
     began, load_before = time.perf_counter(), os.getloadavg()[0]
     device, setup = torch.device(args.device), SETUPS[args.device]
     peak, peak_how = peak_flops(device)
-    rows, ratios, flops, peaks = [], [], {}, []
+    rows, ratios, flops, peaks, turns = [], [], {}, [], []
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
             detail = max(1, round(size * setup["detail"]))
@@ -471,6 +561,7 @@ def main() -> None:
             more_rows, more_ratios = throughput(size, folder, flops[size], peak, args)
             rows += more_rows
             ratios += more_ratios
+            turns.append(steps_in_turn(size, model, args))
         if not args.no_memory:
             detail = max(1, round(args.memory_size * setup["detail"]))
             many = write_images(Path(tmp) / "memory-many", args.memory_images, args.memory_size, detail)
@@ -484,6 +575,7 @@ def main() -> None:
         batch_size=args.batch_size,
         steps=args.steps,
         warmup=args.warmup,
+        step_rounds=args.step_rounds,
         rounds=args.rounds,
         images=args.images,
         device=name,
@@ -498,15 +590,15 @@ def main() -> None:
             images=args.memory_images, few=args.memory_few, size=args.memory_size, steps=MEMORY_STEPS
         ),
     )
-    report(meta, rows, ratios, peaks)
+    report(meta, rows, ratios, turns, peaks)
     out = args.out or f"benchmarks/results/training_{device.type}.json"
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     with open(out, "w", encoding="utf-8") as f:
-        json.dump(dict(meta=meta, rows=rows, ratios=ratios, memory=peaks), f, indent=2)
+        json.dump(dict(meta=meta, rows=rows, ratios=ratios, steps_in_turn=turns, memory=peaks), f, indent=2)
     print(f"wrote {out}")
 
 
-def report(meta: dict, rows: list[dict], ratios: list[dict], peaks: list[dict]) -> None:
+def report(meta: dict, rows: list[dict], ratios: list[dict], turns: list[dict], peaks: list[dict]) -> None:
     """The Markdown tables."""
     gflops = ", ".join(f"{s}×{s}: {f / 1e9:.3f}" for s, f in meta["forward_flops_per_sample"].items())
     print(
@@ -535,6 +627,22 @@ def report(meta: dict, rows: list[dict], ratios: list[dict], peaks: list[dict]) 
     for r in ratios:
         cells = ["–" if r[name] is None else f"{r[name]:.2f}" for name in RATIOS]
         print(f"| {r['size']}×{r['size']} | {r['precision']} | " + " | ".join(cells) + " |")
+    print(
+        "\nThe step alone, one step of each variant in turn in one process (median ms; speed: the "
+        "median over the rounds of the recipe's step time over the variant's):\n"
+    )
+    print(
+        "| size | rounds | variant | ms per step | speed / recipe's step "
+        "| convolutions' share of our eager step |"
+    )
+    print("|---|---|---|---|---|---|")
+    for turn in turns:
+        share = "–" if turn["convolution_share"] is None else f"{100 * turn['convolution_share']:.0f}%"
+        for r in turn["rows"]:
+            print(
+                f"| {turn['size']}×{turn['size']} | {turn['rounds']} | {r['variant']} | "
+                f"{r['ms_per_step']:.0f} | {r['speed_over_recipe']:.2f} | {share} |"
+            )
     if peaks:
         m = meta["memory"]
         print(

@@ -11,6 +11,10 @@ in the run's stream of examples) (`data.example_batches`), so the state of a run
 count, its stream position and what the checkpoint holds (`checkpoints`: weights, EMA,
 optimizer, the importance sampler's history, `resample`): `resume=True` continues a killed
 run exactly where it stopped, whatever DataLoader workers read the images.
+
+`train` strings the parts together: `_start` builds a run (`_Run`), `_optimizer_step` does
+one step, and the loop logs, samples and checkpoints. On the CPU the steps run inside
+`_heap_kept`, so that each step's large activations reuse the last step's memory.
 """
 
 from __future__ import annotations
@@ -287,8 +291,9 @@ def train(config: TrainingConfig) -> TrainResult:
                         f"the last good checkpoint is {last_good[-1]}" if last_good else "no checkpoint yet"
                     )
                     raise TrainingError(f"{error}; {where}") from None
-                step = run.step = run.step + 1
+                run.step += 1
                 run.position += run.per_step
+                step = run.step
                 window_examples += run.per_step
                 if bar is not None:
                     bar.update(1)

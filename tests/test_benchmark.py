@@ -55,7 +55,7 @@ def test_sampling_benchmark_runs(tmp_path):
 def test_training_benchmark_runs(tmp_path):
     out = tmp_path / "training.json"
     cmd = [sys.executable, "benchmarks/training.py", "--sizes", "8", "--images", "8", "--batch-size", "2"]
-    cmd += ["--steps", "2", "--warmup", "1", "--rounds", "1", "--no-compile"]
+    cmd += ["--steps", "2", "--warmup", "1", "--rounds", "1", "--step-rounds", "2", "--no-compile"]
     cmd += ["--memory-images", "12", "--memory-few", "4", "--memory-size", "8", "--memory-repeats", "1"]
     cmd += ["--out", str(out)]
     # One torch thread: two would wait on each other whenever another process takes a core.
@@ -72,6 +72,11 @@ def test_training_benchmark_runs(tmp_path):
     (ratios,) = results["ratios"]
     assert ratios["loader_over_in_memory"] > 0 and ratios["eager_over_diffusers"] > 0
     assert ratios["compiled_over_diffusers"] is None and ratios["compiled_over_diffusers_heap_kept"] is None
+    (turn,) = results["steps_in_turn"]
+    assert [r["variant"] for r in turn["rows"]] == ["recipe's step", "ours, eager"]
+    assert turn["rows"][0]["speed_over_recipe"] == 1 and turn["rows"][1]["speed_over_recipe"] > 0
+    assert all(r["ms_per_step"] > 0 for r in turn["rows"]) and 0 < turn["convolution_share"] < 1
+    assert "The step alone" in result.stdout
     assert [m["data"] for m in results["memory"]] == ["loader", "memory"]
     assert all(m["few_bytes"] > 0 and m["many_bytes"] > 0 for m in results["memory"])
 
