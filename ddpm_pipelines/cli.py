@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -82,10 +83,20 @@ def _parser() -> argparse.ArgumentParser:
         "--out", default=None, help="folder for metrics.json and the plot (default: beside)"
     )
 
-    sample = commands.add_parser("sample", help="generate with a pipeline and save a picture")
+    sample = commands.add_parser(
+        "sample", help="generate with a pipeline: a picture, or --num-samples of them to .npz shards"
+    )
     sample.add_argument("pipeline", help="a pipeline folder or Hub repo id")
-    sample.add_argument("--out", required=True, help="a .png file")
-    sample.add_argument("--batch-size", type=int, default=16)
+    sample.add_argument("--out", required=True, help="a .png file; with --num-samples, a folder")
+    sample.add_argument(
+        "--num-samples",
+        type=int,
+        default=None,
+        help="draw this many into .npz shards in --out, split across the processes of torchrun or "
+        "accelerate launch; the same command again continues a killed run",
+    )
+    sample.add_argument("--shard-size", type=int, default=1000, help="samples per shard (with --num-samples)")
+    sample.add_argument("--batch-size", type=int, default=None, help="default: 16, or 64 with --num-samples")
     sample.add_argument("--steps", type=int, default=None, help="inference steps (default: all)")
     sample.add_argument("--seed", type=int, default=0)
 
@@ -164,9 +175,28 @@ def _sample(args: argparse.Namespace, argv: list[str]) -> int:
     from .pipeline import DDPMPipeline, makes_points
 
     pipe = DDPMPipeline.from_pretrained(args.pipeline)
+    if args.num_samples is not None:
+        from .shards import sample_to_shards
+
+        if torch.cuda.is_available():  # under a launcher, each process on its own GPU
+            pipe.to(f"cuda:{os.environ.get('LOCAL_RANK', 0)}")
+        out = sample_to_shards(
+            pipe,
+            args.out,
+            args.num_samples,
+            batch_size=args.batch_size or 64,
+            shard_size=args.shard_size,
+            seed=args.seed,
+            num_inference_steps=args.steps,
+        )
+        print(f"wrote the shards of process {os.environ.get('RANK', 0)} to {out}")
+        return 0
     generator = torch.Generator().manual_seed(args.seed)
     out = pipe(
-        batch_size=args.batch_size, num_inference_steps=args.steps, generator=generator, output_type="pt"
+        batch_size=args.batch_size or 16,
+        num_inference_steps=args.steps,
+        generator=generator,
+        output_type="pt",
     )
     picture = points_image(out.images) if makes_points(pipe.unet) else image_grid(out.images)
     picture.save(args.out)

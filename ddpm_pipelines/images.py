@@ -10,6 +10,11 @@ import PIL.Image
 import torch
 
 
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] as 8-bit pixels on the CPU (× 255, rounded, as diffusers' numpy_to_pil)."""
+    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+
+
 def image_grid(images: torch.Tensor, columns: int | None = None, min_size: int = 32) -> PIL.Image.Image:
     """Images (B, C, H, W) in [0, 1] (C = 1 or 3) side by side in a grid of `columns`
     (default ⌈√B⌉) with a 1-pixel gap, each scaled up by an integer factor (nearest
@@ -20,7 +25,7 @@ def image_grid(images: torch.Tensor, columns: int | None = None, min_size: int =
     columns = columns or math.ceil(math.sqrt(B))
     rows = math.ceil(B / columns)
     factor = max(1, math.ceil(min_size / max(H, W)))
-    pixels = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    pixels = to_uint8(images)
     pixels = pixels.repeat_interleave(factor, dim=2).repeat_interleave(factor, dim=3)  # (B, C, fH, fW)
     h, w = H * factor, W * factor
     grid = torch.full((C, rows * (h + 1) - 1, columns * (w + 1) - 1), 255, dtype=torch.uint8)

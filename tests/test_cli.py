@@ -10,6 +10,7 @@ import torch
 
 from ddpm_pipelines import DDPMPipeline
 from ddpm_pipelines.cli import main
+from ddpm_pipelines.pipeline import PRETRAINED_DIR
 
 TRAIN = ["--num-samples", "300", "--batch-size", "32", "--num-train-timesteps", "20", "--no-progress"]
 
@@ -60,6 +61,14 @@ def test_errors_are_one_line_with_exit_status_2(tmp_path, capsys):
     assert "holds no model_index.json or config.json" in capsys.readouterr().err
     assert main(["train", "--output-dir", str(tmp_path / "y"), "--dataset", "mnist"]) == 2
     assert "unknown dataset 'mnist'" in capsys.readouterr().err
+    digits = str(PRETRAINED_DIR / "digits")
+    assert main(["sample", digits, "--out", str(tmp_path / "s"), "--num-samples", "0"]) == 2
+    assert "ddpm-pipelines sample: error: num_samples=0 must be a positive integer" in capsys.readouterr().err
+    assert (
+        main(["sample", digits, "--out", str(tmp_path / "s"), "--num-samples", "4", "--shard-size", "-1"])
+        == 2
+    )
+    assert "shard_size=-1 must be a positive integer" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit:
         main(["train", "--output-dir", str(tmp_path), "--loss", "l1"])
     assert exit.value.code == 2 and "invalid choice: 'l1'" in capsys.readouterr().err
