@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import logging
 import math
 import os
 from pathlib import Path
@@ -29,8 +28,6 @@ from . import hub
 from .data import seeded_generator
 from .images import to_uint8
 from .pipeline import DDPMPipeline, _check_count, makes_points
-
-logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 SHARD_FORMAT = "shard-{:06d}.npz"

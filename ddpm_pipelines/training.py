@@ -350,11 +350,8 @@ def _optimizer_step(run: _Run) -> tuple[float, float]:
     one host read. Raises TrainingError, with the weights unchanged, when an image cannot be
     read or the loss is not finite."""
     config, accelerator, model = run.config, run.accelerator, run.model
-    rank, world, accumulation = (
-        accelerator.process_index,
-        accelerator.num_processes,
-        config.gradient_accumulation_steps,
-    )
+    rank, world = accelerator.process_index, accelerator.num_processes
+    accumulation = config.gradient_accumulation_steps
     total = torch.zeros((), device=accelerator.device)
     for micro in range(accumulation):
         index = run.step * accumulation + micro  # the run's micro-batch number
