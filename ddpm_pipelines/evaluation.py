@@ -5,6 +5,8 @@
 - Images: FD_DINOv2 (Stein et al. 2023, "Exposing flaws of generative model evaluation
   metrics"), the Fréchet distance between DINOv2 features of generated and real images,
   beside the real-vs-real floor.
+- Features of either kind: `frechet_distance`, and improved precision and recall
+  (`precision_recall`, Kynkäänniemi et al. 2019).
 - Both: the negative log-likelihood bound L_vlb of docs/math.md §5 in bits/dim over a dataset,
   with its per-timestep terms, and their plot as in iDDPM Fig. 2 (Nichol & Dhariwal 2021).
 
@@ -20,7 +22,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -144,6 +146,61 @@ def frechet_distance(features_a: torch.Tensor | np.ndarray, features_b: torch.Te
     trace_sqrt = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0).sqrt().sum()
     d2 = (mean_a - mean_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * trace_sqrt
     return max(d2.item(), 0.0)
+
+
+# ---- Precision and recall --------------------------------------------------------------------
+
+
+class PrecisionRecall(NamedTuple):
+    precision: float  # the share of generated samples inside the real manifold
+    recall: float  # the share of real samples inside the generated manifold
+
+
+def _kth_neighbour_radii(x: torch.Tensor, k: int, chunk_size: int) -> torch.Tensor:
+    """(N,): the distance from each row of x (N, D) to its k-th nearest other row."""
+    radii = [
+        torch.cdist(block, x, compute_mode="donot_use_mm_for_euclid_dist").kthvalue(k + 1, dim=1).values
+        for block in x.split(chunk_size)  # (chunk, N); the smallest, its own 0, is not a neighbour
+    ]
+    return torch.cat(radii)
+
+
+def _share_inside(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, chunk_size: int) -> float:
+    """The share of `points` (M, D) within radii[j] of some centres[j] (N, D)."""
+    inside = [
+        (torch.cdist(block, centres, compute_mode="donot_use_mm_for_euclid_dist") <= radii).any(dim=1)
+        for block in points.split(chunk_size)  # (chunk, N) against (N,)
+    ]
+    return torch.cat(inside).double().mean().item()
+
+
+def precision_recall(
+    real_features: torch.Tensor | np.ndarray,
+    fake_features: torch.Tensor | np.ndarray,
+    k: int = 3,
+    *,
+    chunk_size: int = ENERGY_CHUNK_SIZE,
+) -> PrecisionRecall:
+    """Improved precision and recall (Kynkäänniemi et al. 2019) of generated features (M, D)
+    against real ones (N, D), in float64. Each set's manifold is the union of balls around
+    its rows, each reaching the row's k-th nearest neighbour in its own set; precision is the
+    share of generated rows inside the real manifold (how many samples look real), recall
+    the share of real rows inside the generated one (how much of the data the model
+    covers). The paper's k = 3, in Inception or DINOv2 features. `chunk_size` rows at a
+    time against the other set, so memory grows with chunk_size · max(N, M)."""
+    _check_count("chunk_size", chunk_size)
+    real = _matrix("real_features", real_features, "feature rows")
+    fake = _matrix("fake_features", fake_features, "feature rows")
+    _check_widths(real, fake, "real_features and fake_features")
+    fewest = min(real.shape[0], fake.shape[0])
+    if not (isinstance(k, int) and not isinstance(k, bool) and 1 <= k < fewest):
+        raise ValueError(f"k={k!r} must be an integer in [1, {fewest - 1}] (fewer than the rows of each set)")
+    real_radii = _kth_neighbour_radii(real, k, chunk_size)
+    fake_radii = _kth_neighbour_radii(fake, k, chunk_size)
+    return PrecisionRecall(
+        precision=_share_inside(fake, real, real_radii, chunk_size),
+        recall=_share_inside(real, fake, fake_radii, chunk_size),
+    )
 
 
 # ---- FD_DINOv2 -------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from ddpm_pipelines.evaluation import (
     nll,
     plot_vlb_terms,
     plot_vlb_terms_from_metrics,
+    precision_recall,
 )
 from ddpm_pipelines.losses import vlb_terms
 from schedulers import DDPMScheduler
@@ -505,3 +506,53 @@ def test_evaluate_errors(point_pipe, image_pipe, tiny_dino):
         TypeError, match=r"evaluate needs one of this package's schedulers.*not DDPMScheduler"
     ):
         evaluate(foreign, points, points, **kw)
+
+
+# ---- precision and recall ----------------------------------------------------------------------
+
+
+def _brute_precision_recall(real: np.ndarray, fake: np.ndarray, k: int) -> tuple[float, float]:
+    """Kynkäänniemi et al.'s definition with scipy's distances, every pair at once."""
+
+    def radii(x):  # the k-th smallest distance to the others: index k of the sorted row (0 is itself)
+        return np.sort(scipy.spatial.distance.cdist(x, x), axis=1)[:, k]
+
+    def share(points, centres, r):
+        return float((scipy.spatial.distance.cdist(points, centres) <= r[None, :]).any(axis=1).mean())
+
+    return share(fake, real, radii(real)), share(real, fake, radii(fake))
+
+
+@pytest.mark.parametrize("chunk_size", [7, 1024])
+def test_precision_recall_matches_the_definition(chunk_size):
+    generator = np.random.default_rng(0)
+    real = generator.normal(size=(60, 5))
+    fake = generator.normal(loc=0.8, scale=0.7, size=(45, 5))  # overlapping: neither 0 nor 1
+    result = precision_recall(real, fake, k=3, chunk_size=chunk_size)
+    assert tuple(result) == pytest.approx(_brute_precision_recall(real, fake, 3), abs=1e-12)
+    assert 0.2 < result.precision < 1 and 0.2 < result.recall < 1
+
+
+def test_precision_recall_by_hand_identical_and_far_apart():
+    # 1-D, k = 1. Real 0, 1, 2, 3: every real ball has radius 1. Generated 0.5, 5, 10: radii 4.5,
+    # 4.5, 5. Inside the real balls: 0.5 only (5 is 2 from 3) → precision 1/3; every real
+    # point is within 4.5 of 0.5 or of 5 → recall 1.
+    real, fake = torch.tensor([[0.0], [1.0], [2.0], [3.0]]), torch.tensor([[0.5], [5.0], [10.0]])
+    assert precision_recall(real, fake, k=1) == pytest.approx((1 / 3, 1.0), abs=1e-15)
+    x = torch.randn(50, 8, generator=torch.Generator().manual_seed(0))
+    assert precision_recall(x, x.clone()) == (1.0, 1.0)
+    assert precision_recall(x, x + 100.0) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("real", "fake", "k", "message"),
+    [
+        ((10, 3), (4, 3), 4, r"k=4 must be an integer in \[1, 3\]"),
+        ((10, 3), (10, 3), 0, r"k=0 must be an integer in \[1, 9\]"),
+        ((10, 3), (10, 2), 3, r"real_features and fake_features must have the same width D"),
+        ((1, 3), (10, 3), 3, r"real_features has 1 feature rows; at least 2 are needed"),
+    ],
+)
+def test_precision_recall_names_bad_arguments(real, fake, k, message):
+    with pytest.raises(ValueError, match=message):
+        precision_recall(torch.zeros(real), torch.zeros(fake), k=k)
