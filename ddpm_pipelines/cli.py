@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import training
 from .losses import LOSS_TYPES
+from .pipeline import SAMPLERS
 
 # The options of `train` with a fixed set of values (the rest take their type from the default).
 CHOICES = {
@@ -98,6 +99,9 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--shard-size", type=int, default=1000, help="samples per shard (with --num-samples)")
     sample.add_argument("--batch-size", type=int, default=None, help="default: 16, or 64 with --num-samples")
     sample.add_argument("--steps", type=int, default=None, help="inference steps (default: all)")
+    sample.add_argument(
+        "--sampler", choices=SAMPLERS, default=None, help="default: the pipeline's own scheduler"
+    )
     sample.add_argument("--seed", type=int, default=0)
 
     push = commands.add_parser("push", help="upload a saved pipeline or model folder to the Hub")
@@ -172,9 +176,11 @@ def _sample(args: argparse.Namespace, argv: list[str]) -> int:
     import torch
 
     from .images import image_grid, points_image
-    from .pipeline import DDPMPipeline, makes_points
+    from .pipeline import DDPMPipeline, makes_points, with_sampler
 
     pipe = DDPMPipeline.from_pretrained(args.pipeline)
+    if args.sampler:  # the same model and β schedule, another reverse rule
+        pipe = with_sampler(pipe, args.sampler)
     if args.num_samples is not None:
         from .shards import sample_to_shards
 

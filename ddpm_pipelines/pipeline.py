@@ -26,7 +26,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 import schedulers
-from schedulers.base import LEARNED_VARIANCES
+from schedulers.base import LEARNED_VARIANCES, check_choice
 
 from . import hub
 from .models import MLPModel, UNetModel
@@ -38,6 +38,9 @@ OUTPUT_TYPES = ("pil", "np", "pt")
 # that diffusers loads them; diffusers' DDPM and DDIM schedulers load as ours.
 MODEL_CLASSES = {"UNet2DModel": UNetModel, "UNetModel": UNetModel, "MLPModel": MLPModel}
 SCHEDULER_CLASSES = {"DDPMScheduler": schedulers.DDPMScheduler, "DDIMScheduler": schedulers.DDIMScheduler}
+# Samplers by name, for `with_sampler` and the command line: ours, and diffusers' multistep
+# solvers (DPM-Solver++ of Lu et al. 2022, UniPC of Zhao et al. 2023), which plug in as they are.
+SAMPLERS = ("ddpm", "ddim", "dpm-solver++", "unipc")
 
 
 class Trajectory(NamedTuple):
@@ -98,8 +101,10 @@ class DDPMPipeline(hub.PushToHubMixin, DiffusionPipeline):
         variance_type = getattr(scheduler.config, "variance_type", None)
         n_in, n_out = _features(unet)
         needed = 2 * n_in if variance_type in LEARNED_VARIANCES else n_in
-        # A model trained with a learned variance serves "analytic" too: that variance replaces it.
-        if n_out != needed and not (variance_type == "analytic" and n_out == 2 * n_in):
+        # A model trained with a learned variance serves "analytic" too (that variance replaces
+        # it), and a scheduler that takes the prediction alone (the loop hands it n_in channels).
+        serves = n_out == 2 * n_in and (variance_type == "analytic" or not _splits_variance(scheduler))
+        if n_out != needed and not serves:
             raise ValueError(
                 f"the model outputs {n_out} channels for {n_in} input channels, but the scheduler's "
                 f"variance_type={variance_type!r} needs {needed}"
@@ -171,6 +176,8 @@ class DDPMPipeline(hub.PushToHubMixin, DiffusionPipeline):
         for i, t in enumerate(self.progress_bar(timesteps)):
             model_input = self.scheduler.scale_model_input(sample, t).to(model_dtype)
             model_output = self.unet(model_input, model_timesteps[i]).sample.to(dtype)
+            if model_output.shape[1] == 2 * sample.shape[1] and not _splits_variance(self.scheduler):
+                model_output = model_output[:, : sample.shape[1]]  # the prediction, not the variance
             result = self.scheduler.step(model_output, t, sample, **step_kwargs)
             if trajectory_every and (i % trajectory_every == 0 or i == len(timesteps) - 1):
                 x0 = result.pred_original_sample
@@ -275,6 +282,28 @@ def _check_count(name: str, value: Any, most: int | None = None, why: str = "") 
     if not isinstance(value, int) or isinstance(value, bool) or value < 1 or (most and value > most):
         allowed = f"an integer in [1, {most}]" if most else "a positive integer"
         raise ValueError(f"{name}={value!r} must be {allowed}{why}")
+
+
+def _splits_variance(scheduler: Any) -> bool:
+    """Whether `scheduler.step` takes a learned variance's output (prediction and variance
+    channels) itself: ours and diffusers' DDPMScheduler do; the other diffusers schedulers
+    want the prediction alone (its multistep solvers cut 3 channels, right only for RGB)."""
+    return isinstance(scheduler, (schedulers.DiffusionScheduler, diffusers.DDPMScheduler))
+
+
+def with_sampler(pipe: DDPMPipeline, sampler: str) -> DDPMPipeline:
+    """A pipeline with `pipe`'s model and a scheduler `sampler` (one of SAMPLERS) built from
+    `pipe`'s scheduler config: the same β schedule and prediction type, another reverse rule."""
+    check_choice("sampler", sampler, SAMPLERS)
+    cls, options = {
+        "ddpm": (schedulers.DDPMScheduler, {}),
+        "ddim": (schedulers.DDIMScheduler, {}),
+        "dpm-solver++": (diffusers.DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
+        "unipc": (diffusers.UniPCMultistepScheduler, {}),
+    }[sampler]
+    accepted = inspect.signature(cls.__init__).parameters  # not our extra keys: diffusers warns of them
+    config = {key: value for key, value in pipe.scheduler.config.items() if key in accepted}
+    return DDPMPipeline(unet=pipe.unet, scheduler=cls.from_config({**config, **options}))
 
 
 def _accepts(function: Callable, name: str) -> bool:

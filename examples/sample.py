@@ -1,7 +1,8 @@
-"""Generate with a pipeline, DDPM or DDIM, and save a picture:
+"""Generate with a pipeline and a sampler of your choice (DDPM, DDIM, DPM-Solver++, UniPC),
+and save a picture:
 
     python examples/sample.py digits --out digits.png                   # a shipped pipeline
-    python examples/sample.py runs/roll/pipeline --scheduler ddim --steps 50 --out roll.png
+    python examples/sample.py runs/roll/pipeline --sampler dpm-solver++ --steps 20 --out roll.png
     python examples/sample.py digits --out digits.png --push your-name/digits-ddpm
 
 The first argument is a shipped pipeline's name (ddpm_pipelines.PRETRAINED), a folder that
@@ -16,8 +17,7 @@ import torch
 
 from ddpm_pipelines import PRETRAINED, DDPMPipeline, load_pretrained
 from ddpm_pipelines.images import image_grid, points_image
-from ddpm_pipelines.pipeline import makes_points
-from schedulers import DDIMScheduler
+from ddpm_pipelines.pipeline import SAMPLERS, makes_points, with_sampler
 
 
 def main() -> None:
@@ -26,7 +26,7 @@ def main() -> None:
     )
     parser.add_argument("pipeline")
     parser.add_argument("--out", required=True, help="a .png file")
-    parser.add_argument("--scheduler", choices=("ddpm", "ddim"), default="ddpm")
+    parser.add_argument("--sampler", choices=SAMPLERS, default=None, help="default: the pipeline's own")
     parser.add_argument("--steps", type=int, default=None, help="inference steps (default: all)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: 64 images or 2000 points")
     parser.add_argument("--seed", type=int, default=0)
@@ -38,8 +38,8 @@ def main() -> None:
         if args.pipeline in PRETRAINED
         else DDPMPipeline.from_pretrained(args.pipeline)
     )
-    if args.scheduler == "ddim":  # same model, same config; DDIM's deterministic step (η = 0)
-        pipe = DDPMPipeline(unet=pipe.unet, scheduler=DDIMScheduler.from_config(pipe.scheduler.config))
+    if args.sampler:  # the same model and β schedule, another reverse rule
+        pipe = with_sampler(pipe, args.sampler)
     points = makes_points(pipe.unet)
     batch_size = args.batch_size or (2000 if points else 64)
     generator = torch.Generator().manual_seed(args.seed)

@@ -72,3 +72,17 @@ def test_errors_are_one_line_with_exit_status_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit:
         main(["train", "--output-dir", str(tmp_path), "--loss", "l1"])
     assert exit.value.code == 2 and "invalid choice: 'l1'" in capsys.readouterr().err
+
+
+def test_sample_takes_a_sampler_by_name(tmp_path, capsys):
+    roll = str(PRETRAINED_DIR / "swiss-roll")
+    args = ["sample", roll, "--out", str(tmp_path / "s"), "--num-samples", "6", "--steps", "5"]
+    assert main([*args, "--sampler", "ddim"]) == 0
+    assert json.loads((tmp_path / "s" / "manifest.json").read_text())["scheduler"] == "DDIMScheduler"
+    assert main([*args, "--sampler", "unipc"]) == 2  # the folder holds DDIM's samples
+    assert "scheduler: 'DDIMScheduler' there, 'UniPCMultistepScheduler' now" in capsys.readouterr().err
+    assert main(["sample", roll, "--out", str(tmp_path / "u.png"), "--sampler", "unipc", "--steps", "5"]) == 0
+    assert PIL.Image.open(tmp_path / "u.png").size == (256, 256)
+    with pytest.raises(SystemExit) as exit:
+        main([*args, "--sampler", "euler"])
+    assert exit.value.code == 2 and "invalid choice: 'euler'" in capsys.readouterr().err
