@@ -280,6 +280,7 @@ def train(config: TrainingConfig) -> TrainResult:
         bar = tqdm(total=config.max_steps, initial=run.step, desc="training", unit="step", dynamic_ncols=True)
     started, loss, push_error, pushed_step = time.perf_counter(), float("nan"), None, None
     window_start, window_examples = time.perf_counter(), 0
+    run.model.train()
     try:
         with _heap_kept() if accelerator.device.type == "cpu" else nullcontext():
             while run.step < config.max_steps:
