@@ -172,11 +172,12 @@ class DDPMPipeline(hub.PushToHubMixin, DiffusionPipeline):
         model_timesteps = timesteps.to(device)  # one copy; the model reads its step's view
         step_kwargs = {"generator": generator} if _accepts(self.scheduler.step, "generator") else {}
         kept: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+        prediction_only = not _splits_variance(self.scheduler)  # the scheduler takes no variance channels
 
         for i, t in enumerate(self.progress_bar(timesteps)):
             model_input = self.scheduler.scale_model_input(sample, t).to(model_dtype)
             model_output = self.unet(model_input, model_timesteps[i]).sample.to(dtype)
-            if model_output.shape[1] == 2 * sample.shape[1] and not _splits_variance(self.scheduler):
+            if prediction_only and model_output.shape[1] == 2 * sample.shape[1]:
                 model_output = model_output[:, : sample.shape[1]]  # the prediction, not the variance
             result = self.scheduler.step(model_output, t, sample, **step_kwargs)
             if trajectory_every and (i % trajectory_every == 0 or i == len(timesteps) - 1):
