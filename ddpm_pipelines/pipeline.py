@@ -180,12 +180,13 @@ class DDPMPipeline(hub.PushToHubMixin, DiffusionPipeline):
             if prediction_only and model_output.shape[1] == 2 * sample.shape[1]:
                 model_output = model_output[:, : sample.shape[1]]  # the prediction, not the variance
             result = self.scheduler.step(model_output, t, sample, **step_kwargs)
-            if trajectory_every and (i % trajectory_every == 0 or i == len(timesteps) - 1):
-                x0 = result.pred_original_sample
+            keep = trajectory_every and (i % trajectory_every == 0 or i == len(timesteps) - 1)
+            x0 = _predicted_x0(self.scheduler, result) if keep or callback is not None else None
+            if keep:
                 kept.append((int(t), sample.float().cpu(), x0.float().cpu()))
             sample = result.prev_sample
             if callback is not None:
-                callback(i, int(t), sample, result.pred_original_sample)
+                callback(i, int(t), sample, x0)
 
         trajectory = None
         if kept:
@@ -305,6 +306,15 @@ def with_sampler(pipe: DDPMPipeline, sampler: str) -> DDPMPipeline:
     accepted = inspect.signature(cls.__init__).parameters  # not our extra keys: diffusers warns of them
     config = {key: value for key, value in pipe.scheduler.config.items() if key in accepted}
     return DDPMPipeline(unet=pipe.unet, scheduler=cls.from_config({**config, **options}))
+
+
+def _predicted_x0(scheduler: Any, result: Any) -> torch.Tensor:
+    """The step's x̂_0: its output's `pred_original_sample` (ours, diffusers' DDPM and DDIM);
+    diffusers' multistep solvers (DPM-Solver++, UniPC) return `prev_sample` alone and keep the
+    step's model output converted to x̂_0 (the data prediction they solve for, as `with_sampler`
+    builds them) as the last of their `model_outputs`."""
+    x0 = getattr(result, "pred_original_sample", None)
+    return scheduler.model_outputs[-1] if x0 is None else x0
 
 
 def _accepts(function: Callable, name: str) -> bool:

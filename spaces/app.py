@@ -3,8 +3,9 @@
     python spaces/app.py [--model FOLDER_OR_REPO_ID ...] [--host 127.0.0.1] [--port 7860]
 
 Four tabs, each an API endpoint (`gradio_client.Client(url).predict(..., api_name="/generate")`):
-- Generate ("/generate"): samples of a model with DDPM (respaced to fewer steps) or DDIM, the
-  denoising trajectory as a strip of frames (x_t and the predicted x_0) and as a GIF.
+- Generate ("/generate"): samples of a model with one of the samplers of `ddpm-pipelines sample
+  --sampler` (ddpm, respaced to fewer steps; ddim; diffusers' multistep solvers dpm-solver++ and
+  unipc), the denoising trajectory as a strip of frames (x_t and the predicted x_0) and as a GIF.
 - The picture of docs/math.md §7 (Sohl-Dickstein et al. 2015, Fig. 1) from the shipped Swiss-roll
   model ("/figure"): slices of the forward trajectory q(x_t), of the reverse one p(x_t), and
   the drift f_θ(x_t, t) − x_t of the reverse step as arrows.
@@ -45,12 +46,11 @@ from ddpm_pipelines import PRETRAINED, DDPMPipeline, load_pretrained
 from ddpm_pipelines.data import load_dataset
 from ddpm_pipelines.evaluation import nll, plot_vlb_terms
 from ddpm_pipelines.images import image_grid, points_image
-from ddpm_pipelines.pipeline import makes_points
-from schedulers import DDIMScheduler, DDPMScheduler, DiffusionScheduler
+from ddpm_pipelines.pipeline import SAMPLERS, makes_points, with_sampler
+from schedulers import DDPMScheduler, DiffusionScheduler
 
 logger = logging.getLogger("ddpm_demo")
 
-SCHEDULERS: dict[str, type[DiffusionScheduler]] = {"DDPM": DDPMScheduler, "DDIM": DDIMScheduler}
 SCHEDULE_NAMES = ("linear", "scaled_linear", "cosine", "sigmoid")
 FIGURE_MODEL = "swiss-roll"
 DIGIT_SHAPE = (1, 8, 8)  # what the likelihood tab's held-out digits are: (C, H, W)
@@ -206,17 +206,17 @@ class Demo:
     def generate(
         self,
         model: str,
-        scheduler: str,
+        sampler: str,
         steps: float,
         seed: float,
         batch_size: float,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 (gradio's way to ask for a progress bar)
     ) -> tuple[PIL.Image.Image, PIL.Image.Image, str]:
-        """Sample `batch_size` with `steps` steps of `scheduler`; returns the samples (a grid,
-        or a scatter of points), the trajectory strip and the path of its GIF."""
+        """Sample `batch_size` with `steps` steps of `sampler` (one of SAMPLERS); returns the
+        samples (a grid, or a scatter of points), the trajectory strip and the path of its GIF."""
         pipe = self.model(model)
-        if scheduler not in SCHEDULERS:
-            raise user_error(f"scheduler {scheduler!r} is not one of {list(SCHEDULERS)}")
+        if sampler not in SAMPLERS:
+            raise user_error(f"sampler {sampler!r} is not one of {list(SAMPLERS)}")
         T = pipe.scheduler.config.num_train_timesteps
         steps = whole("steps", steps, 1, T)
         seed = whole("seed", seed, 0, SEED_MAX)
@@ -224,16 +224,14 @@ class Demo:
 
         # A scheduler of the request's own: set_timesteps changes a scheduler, and requests
         # run concurrently. The model is shared (inference only).
-        sampler = DDPMPipeline(
-            unet=pipe.unet, scheduler=SCHEDULERS[scheduler].from_config(pipe.scheduler.config)
-        )
-        sampler.set_progress_bar_config(disable=True)
+        chain = with_sampler(pipe, sampler)
+        chain.set_progress_bar_config(disable=True)
         progress((0, steps), desc="denoising", unit="steps")
 
         def report(i: int, t: int, x: torch.Tensor, x0: torch.Tensor) -> None:
             progress((i + 1, steps), desc=f"denoising (t = {t})", unit="steps")
 
-        out = sampler(
+        out = chain(
             batch_size=batch_size,
             num_inference_steps=steps,
             generator=torch.Generator().manual_seed(seed),
@@ -460,11 +458,12 @@ class Demo:
                 with gr.Row():
                     with gr.Column(scale=1):
                         model = gr.Dropdown(names, value=first, label="Model")
-                        scheduler = gr.Radio(
-                            list(SCHEDULERS),
-                            value="DDIM",
-                            label="Scheduler",
-                            info="DDPM with fewer steps is respaced",
+                        sampler = gr.Radio(
+                            list(SAMPLERS),
+                            value="ddim",
+                            label="Sampler",
+                            info="ddpm with fewer steps is respaced; dpm-solver++ and unipc are "
+                            "diffusers' multistep solvers",
                         )
                         steps = gr.Slider(1, T, value=min(50, T), step=1, label="Steps")
                         seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=SEED_MAX)
@@ -479,7 +478,7 @@ class Demo:
                 strip = gr.Image(format="png", show_label=False, buttons=["download", "fullscreen"])
                 run.click(
                     self.generate,
-                    [model, scheduler, steps, seed, batch],
+                    [model, sampler, steps, seed, batch],
                     [samples, strip, gif],
                     api_name="generate",
                 )

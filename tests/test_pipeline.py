@@ -429,6 +429,33 @@ def test_schedulers_that_take_the_prediction_alone_get_it_from_a_learned_varianc
     assert images.images.shape == (4, 1, 8, 8) and seen == [1] * 10
 
 
+@pytest.mark.parametrize("sampler", ["dpm-solver++", "unipc"])
+def test_multistep_solvers_give_their_predicted_x0_to_the_trajectory_and_the_callback(sampler):
+    """diffusers' solvers return x_{t−1} alone; the pipeline takes the step's x̂_0 from the model
+    output they converted (the last of their model_outputs): the data prediction of this step,
+    x_0 itself at the last step, and the same x̂_0 for the callback and the trajectory."""
+    pipe = with_sampler(load_pretrained("swiss-roll"), sampler)
+    pipe.set_progress_bar_config(disable=True)
+    seen = []
+    out = pipe(
+        batch_size=5,
+        num_inference_steps=6,
+        generator=torch.Generator().manual_seed(0),
+        output_type="pt",
+        trajectory_every=1,
+        callback=lambda i, t, x, x0: seen.append(x0.clone()),
+    )
+    assert len(seen) == 6
+    torch.testing.assert_close(torch.stack(seen), out.trajectory.pred_original_samples, rtol=0, atol=0)
+    torch.testing.assert_close(seen[-1], out.images, rtol=0, atol=0)  # the last step lands on x̂_0
+    # Each x̂_0 is the data prediction of its x_t: x̂_0 = (x_t − √(1 − ᾱ_t) ε̂) / √ᾱ_t.
+    alphas = pipe.scheduler.alphas_cumprod
+    for t, x_t, x0 in zip(out.trajectory.timesteps, out.trajectory.samples, seen, strict=True):
+        eps = pipe.unet(x_t, torch.tensor([t])).sample
+        expected = (x_t - (1 - alphas[t]).sqrt() * eps) / alphas[t].sqrt()
+        torch.testing.assert_close(x0, expected, rtol=1e-4, atol=1e-5)
+
+
 def test_an_unknown_sampler_is_named():
     with pytest.raises(
         ValueError, match=r"sampler='euler' is not supported; allowed values: \('ddpm', 'ddim'"
