@@ -2,8 +2,11 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# The CPU build of PyTorch; an unpinned torch pulls a multi-GB CUDA build.
-TORCH ?= torch==2.13.0
+# PyTorch pinned, with the torchvision of the same release that torch-fidelity (FID's Inception)
+# imports: PyPI's torchvision does not load beside this machine's CPU-only torch 2.13.0, so both
+# come from PyPI's 2.14.1 (a CUDA build, about 5 GB, that runs on the CPU as well). An unpinned
+# torch pulls the newest CUDA build.
+TORCH ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.installed-demo
 
@@ -14,13 +17,13 @@ $(PY):
 	$(PY) -m pip install -q --upgrade pip
 
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e ".[dev,train,demo]"
 	touch $(STAMP)
 
 # The demo alone needs only the [demo] extra.
 $(DEMO_STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e ".[demo]"
 	touch $(DEMO_STAMP)
 

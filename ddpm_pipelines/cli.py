@@ -10,9 +10,10 @@ import logging
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from . import training
+from . import hub, training
 from .losses import LOSS_TYPES
 from .pipeline import SAMPLERS
 
@@ -55,6 +56,30 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=kind, default=f.default, choices=CHOICES.get(f.name), help=help)
 
 
+def _names(allowed: tuple[str, ...]) -> Callable[[str], list[str]]:
+    """An argparse type: a comma-separated list of names from `allowed`."""
+
+    def parse(text: str) -> list[str]:
+        names = text.split(",")
+        wrong = [name for name in names if name not in allowed]
+        if wrong:
+            raise argparse.ArgumentTypeError(f"{wrong[0]!r} is not one of {', '.join(allowed)}")
+        return names
+
+    return parse
+
+
+def _counts(text: str) -> list[int]:
+    """An argparse type: a comma-separated list of whole numbers ≥ 1."""
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of whole numbers ≥ 1")
+    return counts
+
+
 def _float_or_none(text: str) -> float | None:
     return None if text.lower() == "none" else float(text)
 
@@ -66,22 +91,61 @@ def _parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a DDPM (also under accelerate launch / torchrun)")
     _add_training_options(train)
 
-    evaluate = commands.add_parser("evaluate", help="bits/dim and sample quality of a trained pipeline")
+    evaluate = commands.add_parser(
+        "evaluate", help="bits/dim and sample quality of a trained pipeline, or quality against steps"
+    )
     evaluate.add_argument("pipeline", help="a pipeline folder or Hub repo id")
     evaluate.add_argument("--dataset", required=True, help="the data it was trained on (its train split)")
     evaluate.add_argument(
         "--test-dataset", default=None, help="held-out data (default: --dataset's test split), e.g. a folder"
     )
     evaluate.add_argument("--num-samples", type=int, default=5000, help="generated samples (default 5000)")
-    evaluate.add_argument("--nll-examples", type=int, default=256, help="held-out examples for bits/dim")
+    evaluate.add_argument(
+        "--nll-examples", type=int, default=256, help="held-out examples for bits/dim (0: no likelihood)"
+    )
     evaluate.add_argument("--batch-size", type=int, default=256)
     evaluate.add_argument("--image-size", type=int, default=None)
     evaluate.add_argument(
-        "--dino", default=None, help="a Dinov2Model folder or Hub id, for FD_DINOv2 (images)"
+        "--samples",
+        default=None,
+        help="the .npz shards folder of `sample --num-samples` with the same --num-samples, --seed, "
+        "--sampler and --steps: read, or its missing shards drawn (default: OUT/samples)",
+    )
+    evaluate.add_argument("--fid", action="store_true", help="FID and precision/recall in Inception features")
+    evaluate.add_argument(
+        "--inception-weights", default=None, help="with --fid: the Inception weights as a .safetensors file"
+    )
+    evaluate.add_argument(
+        "--reference",
+        default=None,
+        help="with --fid: an .npz of the real side's mu and sigma (ours, pytorch-fid's or the ADM "
+        "suite's), e.g. CIFAR-10's train statistics, instead of the test split's",
+    )
+    evaluate.add_argument(
+        "--dino", default=None, help="a Dinov2Model folder or Hub id, for FD_DINOv2 and its precision/recall"
+    )
+    evaluate.add_argument(
+        "--statistics-dir",
+        default=None,
+        help="where the real images' feature statistics are kept and reused "
+        "(default: $XDG_CACHE_HOME/ddpm-pipelines/statistics, ~/.cache by default)",
+    )
+    evaluate.add_argument(
+        "--sampler",
+        type=_names(SAMPLERS),
+        default=None,
+        help=f"one of {', '.join(SAMPLERS)}, or several with commas (default: the pipeline's own scheduler)",
+    )
+    evaluate.add_argument(
+        "--steps",
+        type=_counts,
+        default=None,
+        help="inference steps, or several with commas, e.g. 10,20,50,100,1000 (default: all); more "
+        "than one sampler or step count writes the quality-against-steps table and plot instead",
     )
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument(
-        "--out", default=None, help="folder for metrics.json and the plot (default: beside)"
+        "--out", default=None, help="folder for metrics.json and the plots (default: beside)"
     )
 
     sample = commands.add_parser(
@@ -139,8 +203,6 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _evaluate(args: argparse.Namespace, argv: list[str]) -> int:
-    import torch
-
     from . import evaluation
     from .data import load_dataset
     from .pipeline import DDPMPipeline
@@ -151,24 +213,59 @@ def _evaluate(args: argparse.Namespace, argv: list[str]) -> int:
         test = load_dataset(args.test_dataset, "train", image_size=args.image_size, seed=args.seed + 1)
     else:
         test = load_dataset(args.dataset, "test", image_size=args.image_size, seed=args.seed)
-    dino = evaluation.DINOv2Features(args.dino) if args.dino else None
+    features = []
+    if args.fid:
+        features.append(evaluation.InceptionFeatures(args.inception_weights))
+    if args.dino:
+        features.append(evaluation.DINOv2Features(args.dino))
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    common = dict(
+        num_samples=args.num_samples,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        features=features,
+        reference=evaluation.FeatureStatistics.load(args.reference) if args.reference else None,
+        real_features=evaluation.RealFeatures(
+            args.statistics_dir or Path(cache) / "ddpm-pipelines" / "statistics", args.batch_size
+        ),
+        progress=True,
+    )
+    out = Path(args.out) if args.out else Path(args.pipeline) if Path(args.pipeline).is_dir() else Path(".")
+    samples = Path(args.samples) if args.samples else out / "samples"
+    samplers, steps = args.sampler or [None], args.steps or [None]
+    if len(samplers) * len(steps) > 1:
+        rows = evaluation.quality_vs_steps(
+            pipe,
+            train,
+            test,
+            samplers=[name or "ddpm" for name in samplers],
+            steps=[count or pipe.scheduler.config.num_train_timesteps for count in steps],
+            samples_dir=samples,
+            **common,
+        )
+        hub.write_text_atomically(out / "quality_vs_steps.json", json.dumps(rows, indent=2) + "\n")
+        table = evaluation.quality_table(rows)
+        hub.write_text_atomically(out / "quality_vs_steps.md", table)
+        evaluation.plot_quality_vs_steps(rows, out / "quality_vs_steps.png")
+        print(table)
+        print(f"wrote {out / 'quality_vs_steps.json'}, .md and .png")
+        return 0
     metrics = evaluation.evaluate(
         pipe,
         train,
         test,
-        num_samples=args.num_samples,
-        batch_size=args.batch_size,
         nll_examples=args.nll_examples,
-        generator=torch.Generator().manual_seed(args.seed),
-        dino=dino,
-        progress=True,
+        sampler=samplers[0],
+        num_inference_steps=steps[0],
+        samples_dir=samples,
+        **common,
     )
-    out = Path(args.out) if args.out else Path(args.pipeline) if Path(args.pipeline).is_dir() else Path(".")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    evaluation.plot_vlb_terms_from_metrics(metrics, out / "vlb_terms.png")
+    hub.write_text_atomically(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    written = [out / "metrics.json"]
+    if args.nll_examples:
+        written.append(evaluation.plot_vlb_terms_from_metrics(metrics, out / "vlb_terms.png"))
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, list)}, indent=2))
-    print(f"wrote {out / 'metrics.json'} and {out / 'vlb_terms.png'}")
+    print("wrote " + " and ".join(map(str, written)))
     return 0
 
 

@@ -16,24 +16,31 @@ JSON-serialisable dict.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import logging
 import math
 import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from schedulers import DiffusionScheduler
 from schedulers.base import check_choice
 
 from . import hub
+from .images import to_uint8
 from .losses import DECODERS, Decoder, ModelFn, bits_per_dim, vlb_terms
-from .pipeline import DDPMPipeline, _check_count, makes_points
+from .pipeline import DDPMPipeline, _check_count, makes_points, with_sampler
+from .shards import fingerprint, read_shards, sample_to_shards
 
 if TYPE_CHECKING:
     from transformers import Dinov2Model
@@ -108,13 +115,6 @@ def energy_distance(
 # ---- Fréchet distance ------------------------------------------------------------------------
 
 
-def _mean_covariance(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample mean (F,) and covariance (F, F) of x (N, F), normalised by N − 1 as numpy.cov."""
-    mean = x.mean(dim=0)
-    centred = x - mean  # (N, F)
-    return mean, centred.T @ centred / (x.shape[0] - 1)
-
-
 def _sqrt_psd(matrix: torch.Tensor) -> torch.Tensor:
     """The symmetric square root of a symmetric PSD matrix (F, F) by eigh: V diag(√λ) Vᵀ, with
     rounding-level negative eigenvalues taken as 0."""
@@ -122,9 +122,13 @@ def _sqrt_psd(matrix: torch.Tensor) -> torch.Tensor:
     return (vectors * eigenvalues.clamp(min=0).sqrt()) @ vectors.T
 
 
-def frechet_distance(features_a: torch.Tensor | np.ndarray, features_b: torch.Tensor | np.ndarray) -> float:
+def frechet_distance(
+    features_a: torch.Tensor | np.ndarray | FeatureStatistics,
+    features_b: torch.Tensor | np.ndarray | FeatureStatistics,
+) -> float:
     """The Fréchet distance between Gaussians fitted to two feature sets (N, F) and (M, F)
-    (Heusel et al. 2017, FID; Dowson & Landau 1982), in float64:
+    (Heusel et al. 2017, FID; Dowson & Landau 1982), in float64; either side may be given by
+    its `FeatureStatistics` instead (saved reference statistics):
 
         d² = ‖μ_a − μ_b‖² + Tr(Σ_a + Σ_b − 2 (Σ_a Σ_b)^{1/2}).
 
@@ -136,16 +140,76 @@ def frechet_distance(features_a: torch.Tensor | np.ndarray, features_b: torch.Te
     real for singular covariances (N ≤ F), there accurate to about √ε times their scale (the
     square root's own conditioning at 0). A rounding-level negative d² is returned as 0.
     """
-    a = _matrix("features_a", features_a, "feature rows")
-    b = _matrix("features_b", features_b, "feature rows")
-    _check_widths(a, b, "features_a and features_b")
-    mean_a, cov_a = _mean_covariance(a)
-    mean_b, cov_b = _mean_covariance(b)
+    mean_a, cov_a = _mean_covariance("features_a", features_a)
+    mean_b, cov_b = _mean_covariance("features_b", features_b)
+    if mean_a.shape != mean_b.shape:
+        raise ValueError(
+            "features_a and features_b must have the same width D; "
+            f"got {mean_a.shape[0]} and {mean_b.shape[0]}"
+        )
     s = _sqrt_psd(cov_a)  # (F, F)
     middle = s @ cov_b @ s  # (F, F), symmetric PSD
     trace_sqrt = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0).sqrt().sum()
     d2 = (mean_a - mean_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * trace_sqrt
     return max(d2.item(), 0.0)
+
+
+@dataclass(frozen=True)
+class FeatureStatistics:
+    """What a set of image features contributes to FID and precision/recall: the mean `mu`
+    (F,) and covariance `sigma` (F, F) (normalised by N − 1, as numpy.cov), and the features
+    themselves (N, F) for precision/recall, or None. `extractor` names the network and its
+    weights (`InceptionFeatures.name`, `DINOv2Features.name`); "" where unknown.
+
+    `save(path)` writes an .npz with the keys `mu` and `sigma` that pytorch-fid's and the ADM
+    suite's statistics files use (and `features`, `extractor`); `load(path)` reads such a
+    file, theirs included (a CIFAR-10 train set's, say), with numpy's pickle-free loader."""
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    features: np.ndarray | None = None
+    extractor: str = ""
+
+    @classmethod
+    def of(cls, features: torch.Tensor | np.ndarray, extractor: str = "") -> FeatureStatistics:
+        """The statistics of features (N, F), N ≥ 2, keeping the features (as float32)."""
+        x = _matrix("features", features, "feature rows")
+        mean = x.mean(dim=0)
+        centred = x - mean  # (N, F)
+        covariance = centred.T @ centred / (x.shape[0] - 1)
+        return cls(mean.numpy(), covariance.numpy(), x.float().numpy(), extractor)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the statistics to an .npz file at `path`, atomically."""
+        arrays = {"mu": self.mu, "sigma": self.sigma, "extractor": np.array(self.extractor)}
+        if self.features is not None:
+            arrays["features"] = self.features
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as file:  # a file, so that numpy does not add ".npz" to the name
+                np.savez(file, **arrays)
+
+        return hub.write_file_atomically(path, write)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> FeatureStatistics:
+        """Statistics saved by `save`, or any .npz with `mu` (F,) and `sigma` (F, F)."""
+        with np.load(path, allow_pickle=False) as file:
+            if "mu" not in file or "sigma" not in file:
+                raise ValueError(f"{path} has no 'mu' and 'sigma' arrays (it holds {sorted(file.files)})")
+            mu, sigma = file["mu"].astype(np.float64), file["sigma"].astype(np.float64)
+            features = file["features"] if "features" in file else None
+            extractor = str(file["extractor"]) if "extractor" in file else ""
+        if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+            raise ValueError(f"{path}: mu must be (F,) and sigma (F, F); got {mu.shape} and {sigma.shape}")
+        return cls(mu, sigma, features, extractor)
+
+
+def _mean_covariance(name: str, x: torch.Tensor | np.ndarray | FeatureStatistics) -> tuple[torch.Tensor, ...]:
+    """The float64 mean (F,) and covariance (F, F) of features (N, F) or of their statistics."""
+    if not isinstance(x, FeatureStatistics):
+        x = FeatureStatistics.of(_matrix(name, x, "feature rows"))
+    return torch.from_numpy(x.mu).double(), torch.from_numpy(x.sigma).double()
 
 
 # ---- Precision and recall --------------------------------------------------------------------
@@ -232,6 +296,9 @@ class DINOv2Features:
     C = 1 (grey, repeated to RGB) or 3, returns (B, hidden) float64 on the CPU.
     """
 
+    metric = "fd_dinov2"  # evaluate()'s key for the Fréchet distance in these features
+    tag = "dinov2"  # and the suffix of its precision and recall
+
     def __init__(
         self,
         model: Dinov2Model | str | os.PathLike = "facebook/dinov2-base",
@@ -264,23 +331,22 @@ class DINOv2Features:
             self._model = _dinov2_class().from_pretrained(self._name).to(device).eval()
         return self._model
 
+    @property
+    def name(self) -> str:
+        """The network and its weights, for cached statistics: "dinov2-" and their sha256's start."""
+        return "dinov2-" + fingerprint(self.model)[:16]
+
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         """CLS features (B, hidden) float64 on the CPU of images (B, C, H, W) in [−1, 1],
         `batch_size` images at a time."""
-        images = torch.as_tensor(images)
-        if images.dim() != 4 or images.shape[0] < 1 or images.shape[1] not in (1, 3):
-            raise ValueError(
-                f"images must be (B, C, H, W) with B ≥ 1 and C = 1 or 3, in [−1, 1]; "
-                f"got shape {tuple(images.shape)}"
-            )
-        _check_count("batch_size", batch_size)
+        batches = _image_batches(images, batch_size)
         model = self.model
         size = self.image_size or model.config.image_size
         mean = torch.tensor(IMAGENET_MEAN, device=model.device).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD, device=model.device).view(1, 3, 1, 1)
         features = []
-        for batch in images.split(batch_size):
+        for batch in batches:
             x = (batch.to(model.device, torch.float32) + 1) / 2  # [−1, 1] → [0, 1]: (b, C, H, W)
             x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
             x = (x.expand(-1, 3, -1, -1) - mean) / std  # grey → RGB, normalised: (b, 3, S, S)
@@ -295,6 +361,130 @@ def fd_dinov2(
     """FD_DINOv2 (Stein et al. 2023): the Fréchet distance between the DINOv2 features of
     images `real` and `fake`, both (B, C, H, W) in [−1, 1]."""
     return frechet_distance(features(real, batch_size), features(fake, batch_size))
+
+
+# ---- FID's Inception network -----------------------------------------------------------------
+
+# The weights of torch-fidelity's port of the TensorFlow Inception-v3 graph that FID is defined
+# with (Heusel et al. 2017; the 2015-12-05 graph's pool3 features): the file torch.hub caches them
+# in, and the start of its sha256 (torch.hub's naming convention, checked on download and load).
+INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_WEIGHTS_SHA256 = "6726825d"
+
+
+def _fidelity_inception() -> Any:
+    try:
+        from torch_fidelity import feature_extractor_inceptionv3
+    except ImportError as error:
+        raise ImportError(
+            "FID's Inception network comes from torch-fidelity: "
+            "pip install torch-fidelity (or the [train] extra)"
+        ) from error
+    return feature_extractor_inceptionv3
+
+
+def inception_weights_path() -> Path:
+    """Where the Inception weights are cached: torch.hub's checkpoints folder
+    ($TORCH_HOME/hub/checkpoints, by default ~/.cache/torch/hub/checkpoints)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILE
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _inception_weights(weights: str | os.PathLike | None) -> dict[str, torch.Tensor]:
+    """The Inception state dict: from a .safetensors file, or from torch.hub's cache (downloaded
+    there first where the network allows), never by unpickling a file of unknown origin."""
+    if weights is not None:
+        path = Path(weights)
+        if path.suffix != ".safetensors":
+            raise ValueError(
+                f"Inception weights must be a .safetensors file, not {path} (only safetensors are "
+                f"loaded from a path; torch-fidelity's own .pth goes to {inception_weights_path()})"
+            )
+        return load_file(path)
+    path = inception_weights_path()
+    url = _fidelity_inception().URL_INCEPTION_V3
+    if not path.exists():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(url, str(path), hash_prefix=INCEPTION_WEIGHTS_SHA256)
+        except OSError as error:  # urllib's URLError included: offline
+            raise OSError(
+                f"FID needs torch-fidelity's Inception weights, which are not in {path} and could not "
+                f"be downloaded ({error}). Download {url} on a machine with network and copy it to "
+                f"{path} (or set TORCH_HOME), or pass the weights as a .safetensors file "
+                f"(--inception-weights)"
+            ) from error
+    digest = _sha256(path)
+    if not digest.startswith(INCEPTION_WEIGHTS_SHA256):
+        raise ValueError(
+            f"{path} is not torch-fidelity's Inception weights: its sha256 starts {digest[:8]}, "
+            f"not {INCEPTION_WEIGHTS_SHA256}; delete it to download them again"
+        )
+    # The file whose hash torch.hub's convention names, read with torch's tensors-only loader.
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class InceptionFeatures:
+    """FID's features: the 2048 pool3 activations of the TensorFlow Inception-v3 that FID is
+    defined with, as ported by torch-fidelity (its network, its TensorFlow-exact bilinear
+    resize to 299×299, its weights); the FID of pytorch-fid, torch-fidelity and the papers.
+
+    weights: a .safetensors file of the network's state dict; default torch-fidelity's weights
+        from torch.hub's cache (`inception_weights_path()`), downloaded there if missing and
+        the network allows, else an error that says how to get them.
+    device: where the network runs; default CUDA when available, else the CPU.
+
+    `features(images)` with images (B, C, H, W) in [−1, 1], C = 1 (grey, repeated to RGB) or
+    3, returns (B, 2048) float64 on the CPU; the network sees them as 8-bit pixels.
+    """
+
+    metric = "fid"  # evaluate()'s key for the Fréchet distance in these features
+    tag = "inception"  # and the suffix of its precision and recall
+
+    def __init__(self, weights: str | os.PathLike | None = None, device: str | torch.device | None = None):
+        state = _inception_weights(weights)
+        buffer = io.BytesIO()
+        torch.save(state, buffer)  # torch-fidelity takes its weights as a file; these are our own bytes
+        buffer.seek(0)
+        network = _fidelity_inception().FeatureExtractorInceptionV3(
+            "inception-v3-compat", ["2048"], feature_extractor_weights_path=buffer
+        )
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = network.to(device)
+        self.name = "inception-" + fingerprint(network)[:16]
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """pool3 features (B, 2048) float64 on the CPU of images (B, C, H, W) in [−1, 1]."""
+        device = next(self.model.parameters()).device
+        features = []
+        for batch in _image_batches(images, batch_size):
+            pixels = to_uint8((batch.float() + 1) / 2).expand(-1, 3, -1, -1)  # 8-bit RGB (b, 3, H, W)
+            (pool3,) = self.model(pixels.to(device))  # (b, 2048)
+            features.append(pool3.to("cpu", torch.float64))
+        return torch.cat(features)
+
+
+def _image_batches(images: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, ...]:
+    """images (B, C, H, W) in [−1, 1], C = 1 or 3, checked, in batches of batch_size."""
+    images = torch.as_tensor(images)
+    if images.dim() != 4 or images.shape[0] < 1 or images.shape[1] not in (1, 3):
+        raise ValueError(
+            "images must be (B, C, H, W) with B ≥ 1 and C = 1 or 3, in [−1, 1]; "
+            f"got shape {tuple(images.shape)}"
+        )
+    _check_count("batch_size", batch_size)
+    return images.split(batch_size)
+
+
+ImageFeatures = Union["InceptionFeatures", "DINOv2Features"]
 
 
 # ---- Negative log-likelihood -----------------------------------------------------------------
@@ -436,16 +626,7 @@ def plot_vlb_terms(results: dict[str, NLLResult], path: str | os.PathLike) -> Pa
     for label, result in results.items():
         if not isinstance(result, NLLResult):
             raise TypeError(f"results[{label!r}] must be an NLLResult, not {type(result).__name__}")
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as error:
-        raise ImportError(
-            "plot_vlb_terms needs matplotlib: pip install matplotlib (or the [demo] extra)"
-        ) from error
-
-    fig = Figure(figsize=(6, 4), dpi=120)
-    FigureCanvasAgg(fig)  # the Agg backend, without touching pyplot's global state
+    fig = _figure()
     ax = fig.add_subplot()
     for label, result in results.items():
         ax.plot(result.timesteps, result.terms_bits_per_dim.numpy(), label=label)  # (K,)
@@ -457,6 +638,20 @@ def plot_vlb_terms(results: dict[str, NLLResult], path: str | os.PathLike) -> Pa
     fig.tight_layout()
 
     return hub.write_file_atomically(path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+def _figure() -> Any:
+    """A 6×4-inch matplotlib Figure on the Agg backend, without touching pyplot's global state."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise ImportError(
+            "the plots need matplotlib: pip install matplotlib (or the [demo] extra)"
+        ) from error
+    fig = Figure(figsize=(6, 4), dpi=120)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def plot_vlb_terms_from_metrics(
@@ -480,17 +675,154 @@ def as_model_fn(unet: torch.nn.Module) -> ModelFn:
     return model_fn
 
 
-def _generate(pipe: DDPMPipeline, num_samples: int, batch_size: int, generator: Any) -> torch.Tensor:
-    """num_samples samples, batch_size at a time, as float64 on the CPU: images in [0, 1]
-    (N, C, H, W) or points in data units (N, D)."""
-    full, rest = divmod(num_samples, batch_size)
-    sizes = [batch_size] * full + ([rest] if rest else [])
-    out = [pipe(batch_size=b, generator=generator, output_type="pt").images for b in sizes]
-    return torch.cat(out).to("cpu", torch.float64)
+def _samples(
+    pipe: DDPMPipeline,
+    out_dir: str | os.PathLike,
+    num_samples: int,
+    batch_size: int,
+    seed: int,
+    num_inference_steps: int | None,
+    progress: bool,
+) -> torch.Tensor:
+    """Samples 0 … num_samples − 1 of `pipe` by `sample_to_shards` in `out_dir` (drawn, the rest
+    of a killed run drawn, or a finished run's read as it is), from memory-light shards:
+    images (N, C, H, W) float32 in [−1, 1] (through their 8 bits), points (N, D) float64."""
+    sample_to_shards(
+        pipe,
+        out_dir,
+        num_samples,
+        batch_size=batch_size,
+        seed=seed,
+        num_inference_steps=num_inference_steps,
+        rank=0,
+        world=1,
+        progress=progress,
+    )
+    samples = torch.from_numpy(read_shards(out_dir))
+    if samples.dtype == torch.uint8:  # (N, H, W, C) pixels
+        return samples.permute(0, 3, 1, 2).float() / 127.5 - 1
+    return samples.double()
+
+
+class RealFeatures:
+    """The feature statistics of real image sets, computed once per network and set. With a
+    `folder`, each is saved there as a `FeatureStatistics` .npz named by the network's weights
+    and the images' sha256, and later runs read it instead of computing it again."""
+
+    def __init__(self, folder: str | os.PathLike | None = None, batch_size: int = 64):
+        _check_count("batch_size", batch_size)
+        self.folder = None if folder is None else Path(folder)
+        self.batch_size = batch_size
+        self._known: dict[str, FeatureStatistics] = {}
+
+    def __call__(self, extractor: ImageFeatures, images: torch.Tensor) -> FeatureStatistics:
+        digest = hashlib.sha256(str(tuple(images.shape)).encode())
+        digest.update(images.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        key = f"{extractor.name}-{digest.hexdigest()[:20]}"
+        if key not in self._known:
+            path = None if self.folder is None else self.folder / f"{key}.npz"
+            if path is not None and path.exists():
+                logger.info("reading the real images' statistics from %s", path)
+                self._known[key] = FeatureStatistics.load(path)
+            else:
+                self._known[key] = FeatureStatistics.of(extractor(images, self.batch_size), extractor.name)
+                if path is not None:
+                    self._known[key].save(path)
+        return self._known[key]
 
 
 def _ratio(value: float, floor: float) -> float | None:
     return value / floor if floor > 0 else None
+
+
+def sample_quality(
+    fake: torch.Tensor,
+    real_train: torch.Tensor,
+    real_test: torch.Tensor,
+    *,
+    features: Sequence[ImageFeatures] = (),
+    reference: FeatureStatistics | None = None,
+    real_features: RealFeatures | None = None,
+    batch_size: int = 64,
+) -> dict[str, float | None]:
+    """How close samples `fake` are to the real `real_test`, each figure beside its floor: the
+    same figure for real_train[:N] (N = len(fake)), a real set of the same size, what a
+    perfect model would score. Points (N, D): "energy_distance", "energy_distance_floor",
+    "energy_distance_ratio". Images (N, C, H, W) in [−1, 1], for each of `features`
+    (InceptionFeatures: "fid"; DINOv2Features: "fd_dinov2"): the Fréchet distance with its
+    "_floor" and "_ratio" (None where the floor is 0), and where the real side has its
+    features, "precision_<tag>" and "recall_<tag>" (k = 3; tag "inception" or "dinov2"),
+    each with its "_floor". `reference` replaces real_test's Inception statistics (a saved
+    set's, such as CIFAR-10's train set, for FID as the papers report it); `real_features`
+    computes (and may cache) the real sides."""
+    real_features = real_features or RealFeatures(batch_size=batch_size)
+    n = fake.shape[0]
+    if fake.dim() == 2:
+        value = energy_distance(fake, real_test)
+        floor = energy_distance(real_train[:n], real_test)
+        return {
+            "energy_distance": value,
+            "energy_distance_floor": floor,
+            "energy_distance_ratio": _ratio(value, floor),
+        }
+    result: dict[str, float | None] = {}
+    for extractor in features:
+        if reference is not None and extractor.metric == "fid":
+            if reference.extractor and reference.extractor != extractor.name:
+                raise ValueError(
+                    f"the reference statistics are of {reference.extractor}, not of {extractor.name}"
+                )
+            test = reference
+        else:
+            test = real_features(extractor, real_test)
+        train = real_features(extractor, real_train[:n])
+        generated = FeatureStatistics.of(extractor(fake, batch_size), extractor.name)
+        value, floor = frechet_distance(generated, test), frechet_distance(train, test)
+        metric = extractor.metric
+        result.update({metric: value, f"{metric}_floor": floor, f"{metric}_ratio": _ratio(value, floor)})
+        if test.features is not None:
+            got, best = (
+                precision_recall(test.features, generated.features),
+                precision_recall(test.features, train.features),
+            )
+            tag = extractor.tag
+            result.update(
+                {
+                    f"precision_{tag}": got.precision,
+                    f"recall_{tag}": got.recall,
+                    f"precision_{tag}_floor": best.precision,
+                    f"recall_{tag}_floor": best.recall,
+                }
+            )
+    return result
+
+
+def model_calls(pipe: DDPMPipeline, num_inference_steps: int | None) -> int:
+    """The model evaluations per sample of `pipe` at `num_inference_steps` (None: all T): one
+    per step of its scheduler's chain, the single-call samplers of `pipeline.SAMPLERS` all."""
+    pipe.scheduler.set_timesteps(num_inference_steps or pipe.scheduler.config.num_train_timesteps)
+    return len(pipe.scheduler.timesteps)
+
+
+def _check_real(pipe: DDPMPipeline, name: str, data: Any, needed: int, what: str) -> None:
+    shape = pipe.sample_shape(1)[1:]
+    if not isinstance(data, torch.Tensor) or tuple(data.shape[1:]) != shape:
+        got = tuple(data.shape) if isinstance(data, torch.Tensor) else type(data).__name__
+        raise ValueError(
+            f"{name} must be a tensor (N, {', '.join(map(str, shape))}) for this model; got {got}"
+        )
+    if data.shape[0] < needed:
+        raise ValueError(f"{name} has {data.shape[0]} examples; it needs at least {what}={needed}")
+
+
+def _draws_samples(pipe: DDPMPipeline, features: Sequence[ImageFeatures]) -> bool:
+    """Whether sample quality can be measured: always for points, for images with features."""
+    points = makes_points(pipe.unet)
+    if points and features:
+        raise ValueError(
+            "features are for image models; this pipeline's model makes points (pass features=())"
+        )
+    return points or bool(features)
 
 
 def evaluate(
@@ -501,90 +833,183 @@ def evaluate(
     num_samples: int,
     batch_size: int,
     nll_examples: int,
-    generator: torch.Generator | None = None,
-    dino: DINOv2Features | None = None,
+    seed: int = 0,
+    sampler: str | None = None,
+    num_inference_steps: int | None = None,
+    samples_dir: str | os.PathLike | None = None,
+    features: Sequence[ImageFeatures] = (),
+    reference: FeatureStatistics | None = None,
+    real_features: RealFeatures | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a pipeline against real data: images (N, C, H, W) in [−1, 1] for an image
     model, points (N, D) in data units for a point model (MLPModel).
 
-    For points, and for images when `dino` is given, draws `num_samples` samples
-    (`batch_size` at a time, from `generator`; the sampling progress bars follow
-    `pipe.set_progress_bar_config`) and compares them with `real_test`; the floor compares
-    real_train[:num_samples] with real_test, two independent real draws of the same sizes:
-    what a perfect model would score at these sizes. Then the NLL bound (`nll`) on
-    real_test[:nll_examples], in float64, with the pipeline's scheduler and `generator`.
+    For points, and for images when `features` are given (InceptionFeatures for FID,
+    DINOv2Features for FD_DINOv2), draws samples 0 … num_samples − 1 with `sample_to_shards`
+    (seed `seed`, `batch_size` at a time) into `samples_dir` — a temporary folder by default;
+    a folder of an earlier `sample` or `evaluate` run with the same arguments is read, or its
+    missing shards drawn — with the pipeline's scheduler or `sampler` (a name of
+    `pipeline.SAMPLERS`) at `num_inference_steps`, and measures them with `sample_quality`
+    (each figure beside its real-vs-real floor; `reference` and `real_features` as there).
+    Then, unless nll_examples is 0, the NLL bound (`nll`) on real_test[:nll_examples], in
+    float64, with the pipeline's own scheduler (which must be this package's) and a generator
+    seeded with `seed`.
 
-    Returns a JSON-serialisable dict:
-    - "kind": "points" or "images"; "num_samples"; "num_train_timesteps": T.
-    - points: "energy_distance" (generated vs real_test), "energy_distance_floor" (real_train
-      vs real_test), "energy_distance_ratio" (their ratio: 1 is as good as real data).
-    - images, only when `dino` is given: "fd_dinov2" (generated vs real_test, the generated
-      images mapped from [0, 1] to [−1, 1]), "fd_dinov2_floor" (real_train vs real_test),
-      "fd_dinov2_ratio" (None where the floor is 0).
-    - the NLL, `NLLResult.to_dict()` with each key prefixed "nll_": "nll_bits_per_dim",
-      "nll_bits_per_dim_std_error" (None for one example), "nll_terms_bits_per_dim" (a list of
-      T floats), "nll_prior_bits_per_dim", "nll_num_examples", "nll_decoder", "nll_timesteps"
-      (0..T−1), "nll_clip_sample" (whether the scheduler clipped x̂_0 in the bound).
+    Returns a JSON-serialisable dict: "kind" ("points" or "images"), "num_samples",
+    "num_train_timesteps", "sampler", "num_inference_steps", "model_calls"; the figures of
+    `sample_quality`; and the NLL, `NLLResult.to_dict()` with each key prefixed "nll_":
+    "nll_bits_per_dim", "nll_bits_per_dim_std_error" (None for one example),
+    "nll_terms_bits_per_dim" (a list of T floats), "nll_prior_bits_per_dim",
+    "nll_num_examples", "nll_decoder", "nll_timesteps" (0..T−1), "nll_clip_sample" (whether
+    the scheduler clipped x̂_0 in the bound).
     """
-    for name, value in (
-        ("num_samples", num_samples),
-        ("batch_size", batch_size),
-        ("nll_examples", nll_examples),
-    ):
+    for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
         _check_count(name, value)
-    if not isinstance(pipe.scheduler, DiffusionScheduler):
+    if not (isinstance(nll_examples, int) and not isinstance(nll_examples, bool) and nll_examples >= 0):
+        raise ValueError(f"nll_examples={nll_examples!r} must be a whole number ≥ 0 (0: no likelihood)")
+    if nll_examples and not isinstance(pipe.scheduler, DiffusionScheduler):
         raise TypeError(
             "evaluate needs one of this package's schedulers (DDPMScheduler, DDIMScheduler) for the "
-            f"likelihood, not {type(pipe.scheduler).__name__}"
+            f"likelihood, not {type(pipe.scheduler).__name__} (pass nll_examples=0 to skip it)"
         )
-    points = makes_points(pipe.unet)
-    if points and dino is not None:
-        raise ValueError("dino is for image models; this pipeline's model makes points (pass dino=None)")
-    shape = pipe.sample_shape(1)[1:]
-    for name, data, needed in (
-        ("real_train", real_train, num_samples),
-        ("real_test", real_test, nll_examples),
-    ):
-        if not isinstance(data, torch.Tensor) or tuple(data.shape[1:]) != shape:
-            got = tuple(data.shape) if isinstance(data, torch.Tensor) else type(data).__name__
-            raise ValueError(
-                f"{name} must be a tensor (N, {', '.join(map(str, shape))}) for this model; got {got}"
-            )
-        if data.shape[0] < needed:
-            what = "num_samples" if name == "real_train" else "nll_examples"
-            raise ValueError(f"{name} has {data.shape[0]} examples; it needs at least {what}={needed}")
-
+    draws = _draws_samples(pipe, features)
+    _check_real(pipe, "real_train", real_train, num_samples if draws else 0, "num_samples")
+    _check_real(pipe, "real_test", real_test, nll_examples, "nll_examples")
+    sampling = with_sampler(pipe, sampler) if sampler else pipe
     result: dict[str, Any] = {
-        "kind": "points" if points else "images",
+        "kind": "points" if makes_points(pipe.unet) else "images",
         "num_samples": num_samples,
         "num_train_timesteps": pipe.scheduler.config.num_train_timesteps,
+        "sampler": sampler or type(pipe.scheduler).__name__,
+        "num_inference_steps": num_inference_steps,
+        "model_calls": model_calls(sampling, num_inference_steps),
     }
-    if points:
-        fake = _generate(pipe, num_samples, batch_size, generator)  # (N, D)
-        value = energy_distance(fake, real_test)
-        floor = energy_distance(real_train[:num_samples], real_test)
+    if draws:
+        with _folder(samples_dir) as folder:
+            fake = _samples(sampling, folder, num_samples, batch_size, seed, num_inference_steps, progress)
         result.update(
-            energy_distance=value, energy_distance_floor=floor, energy_distance_ratio=_ratio(value, floor)
+            sample_quality(
+                fake,
+                real_train,
+                real_test,
+                features=features,
+                reference=reference,
+                real_features=real_features,
+                batch_size=batch_size,
+            )
         )
-    elif dino is not None:
-        fake = _generate(pipe, num_samples, batch_size, generator) * 2 - 1  # (N, C, H, W), [0, 1] → [−1, 1]
-        test_features = dino(real_test, batch_size)
-        value = frechet_distance(dino(fake, batch_size), test_features)
-        floor = frechet_distance(dino(real_train[:num_samples], batch_size), test_features)
-        result.update(fd_dinov2=value, fd_dinov2_floor=floor, fd_dinov2_ratio=_ratio(value, floor))
-
-    data = real_test[:nll_examples].to(pipe.device, torch.float64)
-    likelihood = nll(
-        as_model_fn(pipe.unet),
-        pipe.scheduler,
-        data,
-        batch_size=batch_size,
-        generator=generator,
-        progress=progress,
-    )
-    result.update({NLL_PREFIX + key: value for key, value in likelihood.to_dict().items()})
+    if nll_examples:
+        likelihood = nll(
+            as_model_fn(pipe.unet),
+            pipe.scheduler,
+            real_test[:nll_examples].to(pipe.device, torch.float64),
+            batch_size=batch_size,
+            generator=torch.Generator(pipe.device).manual_seed(seed),
+            progress=progress,
+        )
+        result.update({NLL_PREFIX + key: value for key, value in likelihood.to_dict().items()})
     logger.info(
         "evaluation: %s", {key: value for key, value in result.items() if not isinstance(value, list)}
     )
     return result
+
+
+def _folder(path: str | os.PathLike | None) -> contextlib.AbstractContextManager[str | os.PathLike]:
+    """`path`, or a temporary folder removed afterwards."""
+    return contextlib.nullcontext(path) if path is not None else tempfile.TemporaryDirectory()
+
+
+def quality_vs_steps(
+    pipe: DDPMPipeline,
+    real_train: torch.Tensor,
+    real_test: torch.Tensor,
+    *,
+    samplers: Sequence[str],
+    steps: Sequence[int],
+    num_samples: int,
+    batch_size: int,
+    seed: int = 0,
+    samples_dir: str | os.PathLike | None = None,
+    features: Sequence[ImageFeatures] = (),
+    reference: FeatureStatistics | None = None,
+    real_features: RealFeatures | None = None,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Sample quality against the model calls spent: for each sampler of `samplers` (names of
+    `pipeline.SAMPLERS`) and each number of `steps`, `evaluate` without the likelihood, the
+    samples of each in samples_dir/<sampler>-<steps> (kept, and read again by a later run,
+    where samples_dir is given). The real sides' features are computed once for all. Returns
+    one row per (sampler, steps): evaluate's dict."""
+    if not samplers or not steps:
+        raise ValueError(
+            f"samplers and steps must each name at least one; got {list(samplers)} and {list(steps)}"
+        )
+    if not _draws_samples(pipe, features):
+        raise ValueError(
+            "quality_vs_steps measures samples: an image model needs features (Inception or DINOv2)"
+        )
+    real_features = real_features or RealFeatures(batch_size=batch_size)
+    rows = []
+    with _folder(samples_dir) as folder:
+        for sampler in samplers:
+            for count in steps:
+                rows.append(
+                    evaluate(
+                        pipe,
+                        real_train,
+                        real_test,
+                        num_samples=num_samples,
+                        batch_size=batch_size,
+                        nll_examples=0,
+                        seed=seed,
+                        sampler=sampler,
+                        num_inference_steps=count,
+                        samples_dir=Path(folder) / f"{sampler}-{count}",
+                        features=features,
+                        reference=reference,
+                        real_features=real_features,
+                        progress=progress,
+                    )
+                )
+    return rows
+
+
+def _quality_metric(row: dict[str, Any]) -> str:
+    """The distance a row of quality_vs_steps is judged by: energy distance, FID, FD_DINOv2."""
+    return next(key for key in ("energy_distance", "fid", "fd_dinov2") if key in row)
+
+
+def quality_table(rows: Sequence[dict[str, Any]]) -> str:
+    """quality_vs_steps' rows as a Markdown table: sampler, steps, model calls, the distance,
+    its real-vs-real floor and their ratio."""
+    metric = _quality_metric(rows[0])
+    lines = [
+        f"| sampler | steps | model calls | {metric} | floor | ratio |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        ratio = row[f"{metric}_ratio"]
+        lines.append(
+            f"| {row['sampler']} | {row['num_inference_steps']} | {row['model_calls']} | {row[metric]:.4g} | "
+            f"{row[f'{metric}_floor']:.4g} | {'—' if ratio is None else f'{ratio:.2f}'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_quality_vs_steps(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
+    """A PNG of quality_vs_steps' rows: the distance over its floor (log scale) against model
+    calls (log scale), a line per sampler; written atomically. Needs matplotlib."""
+    metric = _quality_metric(rows[0])
+    figure = _figure()
+    axes = figure.add_subplot()
+    for sampler in dict.fromkeys(row["sampler"] for row in rows):
+        mine = [row for row in rows if row["sampler"] == sampler and row[f"{metric}_ratio"] is not None]
+        axes.plot([r["model_calls"] for r in mine], [r[f"{metric}_ratio"] for r in mine], "o-", label=sampler)
+    axes.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="real data (floor)")
+    axes.set(
+        xscale="log", yscale="log", xlabel="model calls per sample", ylabel=f"{metric} / real-vs-real floor"
+    )
+    axes.legend()
+    figure.tight_layout()
+    return hub.write_file_atomically(path, lambda tmp: figure.savefig(tmp, format="png"))

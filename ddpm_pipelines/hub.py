@@ -185,6 +185,11 @@ def write_file_atomically(path: str | os.PathLike, write: Callable[[Path], None]
     return path
 
 
+def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
+    """`write_file_atomically` of UTF-8 text."""
+    return write_file_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
 def model_card(repo_id: str, class_name: str, *, images: bool) -> str:
     """A README.md for the Hub: YAML metadata, what the repo holds and how to load it."""
     tags = ["ddpm", "ddpm-pipelines", "diffusers"]

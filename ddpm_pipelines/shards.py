@@ -152,7 +152,7 @@ def fingerprint(model: torch.nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -171,4 +171,4 @@ def _check_or_write_manifest(path: Path, manifest: dict[str, Any]) -> None:
                 f"same arguments and pipeline to continue it, or choose another folder"
             )
         return
-    hub.write_file_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    hub.write_text_atomically(path, text)

@@ -262,7 +262,7 @@ def draws(
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    hub.write_file_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    hub.write_text_atomically(path, text)
 
 
 # ---- the loop ----------------------------------------------------------------------------------------

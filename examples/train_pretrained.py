@@ -81,7 +81,7 @@ def run(name: str, output: Path, loss: str | None, steps: int | None, command: s
         num_samples=5000 if points else 64,
         batch_size=1000 if points else 359,
         nll_examples=1000 if points else 359,
-        generator=torch.Generator().manual_seed(0),
+        seed=0,
         progress=True,
     )
     metrics.update(

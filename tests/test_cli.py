@@ -10,6 +10,7 @@ import torch
 
 from ddpm_pipelines import DDPMPipeline
 from ddpm_pipelines.cli import main
+from ddpm_pipelines.evaluation import frechet_distance
 from ddpm_pipelines.pipeline import PRETRAINED_DIR
 
 TRAIN = ["--num-samples", "300", "--batch-size", "32", "--num-train-timesteps", "20", "--no-progress"]
@@ -43,6 +44,99 @@ def test_evaluate_writes_the_metrics_and_the_plot(trained, tmp_path, capsys):
     assert metrics["energy_distance"] > 0 and metrics["energy_distance_floor"] > 0
     assert (tmp_path / "vlb_terms.png").read_bytes().startswith(b"\x89PNG")
     assert '"nll_bits_per_dim"' in capsys.readouterr().out
+
+
+def test_evaluate_quality_against_steps_writes_a_table_and_a_plot(trained, tmp_path, capsys):
+    args = [
+        "evaluate",
+        str(trained),
+        "--dataset",
+        "swiss-roll",
+        "--out",
+        str(tmp_path),
+        "--num-samples",
+        "60",
+    ]
+    assert main([*args, "--sampler", "ddim,unipc", "--steps", "3,6", "--batch-size", "60"]) == 0
+    rows = json.loads((tmp_path / "quality_vs_steps.json").read_text())
+    assert [(r["sampler"], r["num_inference_steps"], r["model_calls"]) for r in rows] == [
+        ("ddim", 3, 3),
+        ("ddim", 6, 6),
+        ("unipc", 3, 3),
+        ("unipc", 6, 6),
+    ]
+    assert all(r["energy_distance"] > 0 and "nll_bits_per_dim" not in r for r in rows)
+    table = (tmp_path / "quality_vs_steps.md").read_text()
+    assert table.startswith("| sampler | steps | model calls | energy_distance | floor | ratio |")
+    assert table in capsys.readouterr().out
+    assert (tmp_path / "quality_vs_steps.png").read_bytes().startswith(b"\x89PNG")
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == [
+        "ddim-3",
+        "ddim-6",
+        "unipc-3",
+        "unipc-6",
+    ]
+    with pytest.raises(SystemExit) as exit:
+        main([*args, "--sampler", "ddim,euler"])
+    assert (
+        exit.value.code == 2
+        and "'euler' is not one of ddpm, ddim, dpm-solver++, unipc" in capsys.readouterr().err
+    )
+    with pytest.raises(SystemExit) as exit:
+        main([*args, "--steps", "10,0"])
+    assert (
+        exit.value.code == 2
+        and "'10,0' is not a comma-separated list of whole numbers ≥ 1" in capsys.readouterr().err
+    )
+
+
+def test_evaluate_fid_reads_shards_of_sample_and_a_reference(tmp_path, capsys, monkeypatch):
+    """FID and precision/recall of the shipped digits, the samples drawn by `sample` first, the
+    real side a saved reference; the Inception weights random (tests/test_fid.py's fixture)."""
+    from test_fid import random_inception_weights
+
+    from ddpm_pipelines.evaluation import FeatureStatistics, InceptionFeatures
+    from ddpm_pipelines.shards import read_shards
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    weights = random_inception_weights(tmp_path / "inception.safetensors")
+    inception = InceptionFeatures(weights, device="cpu")
+    reference = tmp_path / "reference.npz"
+    FeatureStatistics.of(inception(torch.rand(8, 1, 8, 8) * 2 - 1), inception.name).save(reference)
+    digits = str(PRETRAINED_DIR / "digits")
+    drawn = ["--num-samples", "6", "--steps", "4", "--sampler", "ddim", "--seed", "1"]
+    assert main(["sample", digits, "--out", str(tmp_path / "s"), *drawn]) == 0
+    shards = read_shards(tmp_path / "s")
+    args = [
+        "evaluate",
+        digits,
+        "--dataset",
+        "digits",
+        "--out",
+        str(tmp_path / "e"),
+        "--samples",
+        str(tmp_path / "s"),
+    ]
+    more = [
+        "--fid",
+        "--inception-weights",
+        str(weights),
+        "--reference",
+        str(reference),
+        "--nll-examples",
+        "0",
+    ]
+    assert main([*args, *drawn, *more]) == 0
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    fake = inception(torch.from_numpy(shards).permute(0, 3, 1, 2) / 127.5 - 1)
+    saved = FeatureStatistics.load(reference)
+    assert metrics["fid"] == pytest.approx(frechet_distance(fake, saved), rel=1e-6)
+    assert {"fid_floor", "precision_inception", "recall_inception_floor"} <= set(metrics)
+    assert not (tmp_path / "e" / "vlb_terms.png").exists()  # no likelihood asked for
+    # The real train images' statistics went to the cache, for the next run.
+    assert len(list((tmp_path / "cache" / "ddpm-pipelines" / "statistics").glob("inception-*.npz"))) == 1
+    assert main([*args, *drawn, *more, "--num-samples", "7"]) == 2  # the folder holds 6 samples
+    assert "num_samples: 6 there, 7 now" in capsys.readouterr().err
 
 
 def test_push_uploads_a_saved_folder(trained, hub):

@@ -19,6 +19,7 @@ from test_analytic import _expected_vlb  # the exact expected bound for Gaussian
 from transformers import Dinov2Config, Dinov2Model
 
 from ddpm_pipelines import DDPMPipeline, MLPModel, UNetModel
+from ddpm_pipelines.data import seeded_generator
 from ddpm_pipelines.evaluation import (
     DINOv2Features,
     NLLResult,
@@ -27,11 +28,16 @@ from ddpm_pipelines.evaluation import (
     fd_dinov2,
     frechet_distance,
     nll,
+    plot_quality_vs_steps,
     plot_vlb_terms,
     plot_vlb_terms_from_metrics,
     precision_recall,
+    quality_table,
+    quality_vs_steps,
 )
+from ddpm_pipelines.images import to_uint8
 from ddpm_pipelines.losses import vlb_terms
+from ddpm_pipelines.pipeline import with_sampler
 from schedulers import DDPMScheduler
 
 LN2 = math.log(2.0)
@@ -380,7 +386,7 @@ def test_plot_vlb_terms_errors(tmp_path, monkeypatch):
     for name in [name for name in sys.modules if name == "matplotlib" or name.startswith("matplotlib.")]:
         monkeypatch.setitem(sys.modules, name, None)
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    with pytest.raises(ImportError, match=r"plot_vlb_terms needs matplotlib: pip install matplotlib"):
+    with pytest.raises(ImportError, match=r"the plots need matplotlib: pip install matplotlib"):
         plot_vlb_terms({"x": _result([1.0])}, tmp_path / "a.png")
     assert not (tmp_path / "a.png").exists()
 
@@ -392,7 +398,8 @@ NLL_KEYS = {
     "nll_bits_per_dim", "nll_bits_per_dim_std_error", "nll_terms_bits_per_dim", "nll_prior_bits_per_dim",
     "nll_num_examples", "nll_decoder", "nll_timesteps", "nll_clip_sample",
 }  # fmt: skip
-COMMON_KEYS = {"kind", "num_samples", "num_train_timesteps"} | NLL_KEYS
+COMMON_KEYS = {"kind", "num_samples", "num_train_timesteps", "sampler", "num_inference_steps", "model_calls"}
+COMMON_KEYS |= NLL_KEYS
 
 
 @pytest.fixture(scope="module")
@@ -420,20 +427,34 @@ def _grid_images(n, seed):
     return torch.randint(0, 256, (n, 1, 8, 8), generator=torch.Generator().manual_seed(seed)) / 255 * 2 - 1
 
 
+def _drawn(pipe, n, seed=0):
+    """Samples 0 … n − 1 as sample_to_shards draws them, in one batch: points (n, D) float64,
+    images through their 8 bits, (n, C, H, W) in [−1, 1]."""
+    generators = [seeded_generator(seed, "sample", i) for i in range(n)]
+    out = pipe(batch_size=n, generator=generators, output_type="pt").images
+    return out.double() if out.dim() == 2 else to_uint8(out).float() / 127.5 - 1
+
+
 def test_evaluate_points(point_pipe, tmp_path):
     train, test = _randn(64, 2, seed=30).float(), _randn(48, 2, seed=31).float()
     train = train + 0.5  # a floor clearly > 0, so that the ratio is defined
-    kw = dict(num_samples=40, batch_size=16, nll_examples=10)
-    result = evaluate(point_pipe, train, test, generator=torch.Generator().manual_seed(0), **kw)
+    kw = dict(num_samples=40, batch_size=16, nll_examples=10, seed=3, samples_dir=tmp_path / "samples")
+    result = evaluate(point_pipe, train, test, **kw)
     assert set(result) == COMMON_KEYS | {"energy_distance", "energy_distance_floor", "energy_distance_ratio"}
     assert result["nll_decoder"] == "continuous" and result["nll_num_examples"] == 10
     assert result["nll_timesteps"] == list(range(10)) and result["nll_clip_sample"] is False
     assert (result["kind"], result["num_samples"], result["num_train_timesteps"]) == ("points", 40, 10)
+    assert (result["sampler"], result["num_inference_steps"], result["model_calls"]) == (
+        "DDPMScheduler",
+        None,
+        10,
+    )
     json.dumps(result, allow_nan=False)
-    # The same numbers by hand: 16 + 16 + 8 samples from the generator, then the NLL from it.
-    g = torch.Generator().manual_seed(0)
-    fake = torch.cat([point_pipe(batch_size=b, generator=g, output_type="pt").images for b in (16, 16, 8)])
-    assert result["energy_distance"] == pytest.approx(energy_distance(fake, test), rel=1e-9)
+    # The same numbers by hand: samples 0 … 39 of seed 3 in one batch (the shards drew 16 at a
+    # time: the same draws, a matmul of other rows rounds apart), then the NLL from seed 3.
+    assert result["energy_distance"] == pytest.approx(
+        energy_distance(_drawn(point_pipe, 40, 3), test), rel=1e-6
+    )
     floor = energy_distance(train[:40], test)
     assert result["energy_distance_floor"] == pytest.approx(floor, rel=1e-12)
     assert floor > 0.05
@@ -442,12 +463,21 @@ def test_evaluate_points(point_pipe, tmp_path):
     def model_fn(x, t):
         return point_pipe.unet(x.float(), t).sample.double()
 
+    g = torch.Generator().manual_seed(3)
     expected = nll(model_fn, point_pipe.scheduler, test[:10].double(), batch_size=16, generator=g)
     assert result["nll_bits_per_dim"] == pytest.approx(expected.bits_per_dim, rel=1e-6)
     expected_terms = expected.terms_bits_per_dim.tolist()
     assert result["nll_terms_bits_per_dim"] == pytest.approx(expected_terms, rel=1e-6)
     png = plot_vlb_terms_from_metrics(json.loads(json.dumps(result)), tmp_path / "vlb_terms.png")
     assert png.read_bytes().startswith(b"\x89PNG")
+    # The samples stay in samples_dir; the same evaluation again reads them, drawing nothing.
+    shard = tmp_path / "samples" / "shard-000000.npz"
+    written = shard.stat().st_mtime_ns
+    assert (
+        evaluate(point_pipe, train, test, **{**kw, "nll_examples": 0}).items()
+        >= {"energy_distance": result["energy_distance"]}.items()
+    )
+    assert shard.stat().st_mtime_ns == written
 
 
 def test_evaluate_points_floor_of_two_real_draws_is_positive(point_pipe):
@@ -464,20 +494,96 @@ def test_evaluate_images(image_pipe, tiny_dino):
     train, test = _grid_images(6, seed=32), _grid_images(5, seed=33)
     dino = DINOv2Features(tiny_dino, image_size=None)
     kw = dict(num_samples=4, batch_size=2, nll_examples=2)
-    result = evaluate(image_pipe, train, test, generator=torch.Generator().manual_seed(0), dino=dino, **kw)
-    assert set(result) == COMMON_KEYS | {"fd_dinov2", "fd_dinov2_floor", "fd_dinov2_ratio"}
+    result = evaluate(image_pipe, train, test, features=[dino], **kw)
+    pr_keys = {f"{m}_dinov2{floor}" for m in ("precision", "recall") for floor in ("", "_floor")}
+    assert set(result) == COMMON_KEYS | {"fd_dinov2", "fd_dinov2_floor", "fd_dinov2_ratio"} | pr_keys
     assert result["kind"] == "images" and result["nll_decoder"] == "discretized"
     assert len(result["nll_terms_bits_per_dim"]) == 10 and result["nll_num_examples"] == 2
     assert result["nll_clip_sample"] is True  # the scheduler's choice, reported
     json.dumps(result, allow_nan=False)
-    g = torch.Generator().manual_seed(0)
-    fake = torch.cat([image_pipe(batch_size=2, generator=g, output_type="pt").images for _ in range(2)])
-    assert result["fd_dinov2"] == pytest.approx(fd_dinov2(test, fake * 2 - 1, dino), rel=1e-6)
+    fake = _drawn(image_pipe, 4)
+    assert result["fd_dinov2"] == pytest.approx(fd_dinov2(test, fake, dino), rel=1e-6)
     assert result["fd_dinov2_floor"] == pytest.approx(fd_dinov2(test, train[:4], dino), rel=1e-6)
+    expected = precision_recall(dino(test), dino(fake))
+    assert (result["precision_dinov2"], result["recall_dinov2"]) == pytest.approx(expected, abs=1e-12)
+    floor = precision_recall(dino(test), dino(train[:4]))
+    assert (result["precision_dinov2_floor"], result["recall_dinov2_floor"]) == pytest.approx(
+        floor, abs=1e-12
+    )
 
-    without = evaluate(image_pipe, train, test, **kw)
+    without = evaluate(image_pipe, train, test, **kw)  # no features: the likelihood alone
     assert set(without) == COMMON_KEYS
     assert math.isfinite(without["nll_bits_per_dim"])
+
+
+def test_evaluate_with_another_sampler_and_no_likelihood(point_pipe):
+    train, test = _randn(30, 2, seed=36).float(), _randn(30, 2, seed=37).float()
+    kw = dict(num_samples=12, batch_size=12, nll_examples=0, num_inference_steps=4)
+    result = evaluate(point_pipe, train, test, sampler="dpm-solver++", **kw)
+    assert set(result) == COMMON_KEYS - NLL_KEYS | {
+        "energy_distance",
+        "energy_distance_floor",
+        "energy_distance_ratio",
+    }
+    assert (result["sampler"], result["num_inference_steps"], result["model_calls"]) == ("dpm-solver++", 4, 4)
+    solver = with_sampler(point_pipe, "dpm-solver++")
+    fake = torch.cat(
+        [
+            solver(
+                batch_size=1,
+                num_inference_steps=4,
+                generator=[seeded_generator(0, "sample", i)],
+                output_type="pt",
+            ).images
+            for i in range(12)
+        ]
+    ).double()
+    assert result["energy_distance"] == pytest.approx(energy_distance(fake, test), rel=1e-6)
+    assert isinstance(point_pipe.scheduler, DDPMScheduler)  # the caller's pipeline keeps its scheduler
+
+
+def test_quality_vs_steps_rows_table_and_plot(point_pipe, tmp_path):
+    train, test = _randn(30, 2, seed=38).float(), _randn(30, 2, seed=39).float() + 0.3
+    rows = quality_vs_steps(
+        point_pipe,
+        train,
+        test,
+        samplers=["ddpm", "unipc"],
+        steps=[2, 5],
+        num_samples=10,
+        batch_size=10,
+        samples_dir=tmp_path / "s",
+    )
+    assert [(r["sampler"], r["num_inference_steps"], r["model_calls"]) for r in rows] == [
+        ("ddpm", 2, 2),
+        ("ddpm", 5, 5),
+        ("unipc", 2, 2),
+        ("unipc", 5, 5),
+    ]
+    for row in rows:  # each row is evaluate's, on its own samples folder
+        alone = evaluate(
+            point_pipe,
+            train,
+            test,
+            num_samples=10,
+            batch_size=10,
+            nll_examples=0,
+            sampler=row["sampler"],
+            num_inference_steps=row["num_inference_steps"],
+        )
+        assert row == alone
+        assert (tmp_path / "s" / f"{row['sampler']}-{row['num_inference_steps']}" / "manifest.json").exists()
+    assert rows[0]["energy_distance"] != rows[1]["energy_distance"]
+    table = quality_table(rows).splitlines()
+    assert table[0] == "| sampler | steps | model calls | energy_distance | floor | ratio |"
+    first = rows[0]
+    assert table[2] == (
+        f"| ddpm | 2 | 2 | {first['energy_distance']:.4g} | {first['energy_distance_floor']:.4g} | "
+        f"{first['energy_distance_ratio']:.2f} |"
+    )
+    assert len(table) == 6
+    png = plot_quality_vs_steps(rows, tmp_path / "q.png")
+    assert png.read_bytes().startswith(b"\x89PNG")
 
 
 def test_evaluate_errors(point_pipe, image_pipe, tiny_dino):
@@ -485,10 +591,10 @@ def test_evaluate_errors(point_pipe, image_pipe, tiny_dino):
     kw = dict(num_samples=4, batch_size=2, nll_examples=2)
     with pytest.raises(ValueError, match="num_samples=0 must be a positive integer"):
         evaluate(point_pipe, points, points, **{**kw, "num_samples": 0})
-    with pytest.raises(ValueError, match="nll_examples=-1 must be a positive integer"):
+    with pytest.raises(ValueError, match=r"nll_examples=-1 must be a whole number ≥ 0 \(0: no likelihood\)"):
         evaluate(point_pipe, points, points, **{**kw, "nll_examples": -1})
-    with pytest.raises(ValueError, match="dino is for image models; this pipeline's model makes points"):
-        evaluate(point_pipe, points, points, dino=DINOv2Features(tiny_dino), **kw)
+    with pytest.raises(ValueError, match="features are for image models; this pipeline's model makes points"):
+        evaluate(point_pipe, points, points, features=[DINOv2Features(tiny_dino)], **kw)
     with pytest.raises(ValueError, match="real_train has 3 examples; it needs at least num_samples=4"):
         evaluate(point_pipe, points[:3], points, **kw)
     with pytest.raises(ValueError, match="real_test has 1 examples; it needs at least nll_examples=2"):
@@ -499,13 +605,31 @@ def test_evaluate_errors(point_pipe, image_pipe, tiny_dino):
         evaluate(image_pipe, _grid_images(8, 0), points, **kw)
     with pytest.raises(ValueError, match=r"real_train must be a tensor \(N, 2\) for this model; got ndarray"):
         evaluate(point_pipe, points.numpy(), points, **kw)
+    with pytest.raises(ValueError, match=r"sampler='euler' is not supported; allowed values: \('ddpm'"):
+        evaluate(point_pipe, points, points, sampler="euler", **kw)
     import diffusers
 
     foreign = DDPMPipeline(unet=point_pipe.unet, scheduler=diffusers.DDPMScheduler(num_train_timesteps=10))
     with pytest.raises(
-        TypeError, match=r"evaluate needs one of this package's schedulers.*not DDPMScheduler"
+        TypeError,
+        match=r"evaluate needs one of this package's schedulers.*not DDPMScheduler \(pass nll_examples=0",
     ):
         evaluate(foreign, points, points, **kw)
+    assert "energy_distance" in evaluate(foreign, points, points, **{**kw, "nll_examples": 0})
+    with pytest.raises(
+        ValueError, match=r"samplers and steps must each name at least one; got \[\] and \[5\]"
+    ):
+        quality_vs_steps(point_pipe, points, points, samplers=[], steps=[5], num_samples=4, batch_size=2)
+    with pytest.raises(ValueError, match="an image model needs features"):
+        quality_vs_steps(
+            image_pipe,
+            _grid_images(8, 0),
+            _grid_images(8, 1),
+            samplers=["ddim"],
+            steps=[5],
+            num_samples=4,
+            batch_size=2,
+        )
 
 
 # ---- precision and recall ----------------------------------------------------------------------
