@@ -108,8 +108,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--samples",
         default=None,
-        help="the .npz shards folder of `sample --num-samples` with the same --num-samples, --seed, "
-        "--sampler and --steps: read, or its missing shards drawn (default: OUT/samples)",
+        help="a folder for the samples' .npz shards, kept: one that `sample --num-samples` filled "
+        "with the same --num-samples, --seed, --sampler and --steps is read, a killed run's "
+        "missing shards drawn (default: a temporary folder)",
     )
     evaluate.add_argument("--fid", action="store_true", help="FID and precision/recall in Inception features")
     evaluate.add_argument(
@@ -138,6 +139,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument(
         "--steps",
+        "--num-inference-steps",
+        dest="steps",
         type=_counts,
         default=None,
         help="inference steps, or several with commas, e.g. 10,20,50,100,1000 (default: all); more "
@@ -162,7 +165,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     sample.add_argument("--shard-size", type=int, default=1000, help="samples per shard (with --num-samples)")
     sample.add_argument("--batch-size", type=int, default=None, help="default: 16, or 64 with --num-samples")
-    sample.add_argument("--steps", type=int, default=None, help="inference steps (default: all)")
+    sample.add_argument(
+        "--steps",
+        "--num-inference-steps",
+        dest="steps",
+        type=int,
+        default=None,
+        help="inference steps (default: all)",
+    )
     sample.add_argument(
         "--sampler", choices=SAMPLERS, default=None, help="default: the pipeline's own scheduler"
     )
@@ -231,7 +241,6 @@ def _evaluate(args: argparse.Namespace, argv: list[str]) -> int:
         progress=True,
     )
     out = Path(args.out) if args.out else Path(args.pipeline) if Path(args.pipeline).is_dir() else Path(".")
-    samples = Path(args.samples) if args.samples else out / "samples"
     samplers, steps = args.sampler or [None], args.steps or [None]
     if len(samplers) * len(steps) > 1:
         rows = evaluation.quality_vs_steps(
@@ -240,7 +249,7 @@ def _evaluate(args: argparse.Namespace, argv: list[str]) -> int:
             test,
             samplers=[name or "ddpm" for name in samplers],
             steps=[count or pipe.scheduler.config.num_train_timesteps for count in steps],
-            samples_dir=samples,
+            samples_dir=args.samples,
             **common,
         )
         hub.write_text_atomically(out / "quality_vs_steps.json", json.dumps(rows, indent=2) + "\n")
@@ -257,7 +266,7 @@ def _evaluate(args: argparse.Namespace, argv: list[str]) -> int:
         nll_examples=args.nll_examples,
         sampler=samplers[0],
         num_inference_steps=steps[0],
-        samples_dir=samples,
+        samples_dir=args.samples,
         **common,
     )
     hub.write_text_atomically(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")

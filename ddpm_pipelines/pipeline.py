@@ -41,6 +41,10 @@ SCHEDULER_CLASSES = {"DDPMScheduler": schedulers.DDPMScheduler, "DDIMScheduler":
 # Samplers by name, for `with_sampler` and the command line: ours, and diffusers' multistep
 # solvers (DPM-Solver++ of Lu et al. 2022, UniPC of Zhao et al. 2023), which plug in as they are.
 SAMPLERS = ("ddpm", "ddim", "dpm-solver++", "unipc")
+# The multistep solvers' own timestep spacing, not ours: their "leading" divides T by the steps
+# + 1 and floors it, which starts 10 steps at t = 900 of 999, and 500 or more steps at t ≤ 500
+# (at 1000, every t is 0).
+SPREAD = {"timestep_spacing": "trailing"}
 
 
 class Trajectory(NamedTuple):
@@ -300,8 +304,8 @@ def with_sampler(pipe: DDPMPipeline, sampler: str) -> DDPMPipeline:
     cls, options = {
         "ddpm": (schedulers.DDPMScheduler, {}),
         "ddim": (schedulers.DDIMScheduler, {}),
-        "dpm-solver++": (diffusers.DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
-        "unipc": (diffusers.UniPCMultistepScheduler, {}),
+        "dpm-solver++": (diffusers.DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", **SPREAD}),
+        "unipc": (diffusers.UniPCMultistepScheduler, SPREAD),
     }[sampler]
     accepted = inspect.signature(cls.__init__).parameters  # not our extra keys: diffusers warns of them
     config = {key: value for key, value in pipe.scheduler.config.items() if key in accepted}

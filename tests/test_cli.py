@@ -57,7 +57,8 @@ def test_evaluate_quality_against_steps_writes_a_table_and_a_plot(trained, tmp_p
         "--num-samples",
         "60",
     ]
-    assert main([*args, "--sampler", "ddim,unipc", "--steps", "3,6", "--batch-size", "60"]) == 0
+    kept = ["--samples", str(tmp_path / "samples")]
+    assert main([*args, *kept, "--sampler", "ddim,unipc", "--steps", "3,6", "--batch-size", "60"]) == 0
     rows = json.loads((tmp_path / "quality_vs_steps.json").read_text())
     assert [(r["sampler"], r["num_inference_steps"], r["model_calls"]) for r in rows] == [
         ("ddim", 3, 3),
@@ -172,7 +173,10 @@ def test_sample_takes_a_sampler_by_name(tmp_path, capsys):
     roll = str(PRETRAINED_DIR / "swiss-roll")
     args = ["sample", roll, "--out", str(tmp_path / "s"), "--num-samples", "6", "--steps", "5"]
     assert main([*args, "--sampler", "ddim"]) == 0
-    assert json.loads((tmp_path / "s" / "manifest.json").read_text())["scheduler"] == "DDIMScheduler"
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert (manifest["scheduler"], manifest["num_inference_steps"]) == ("DDIMScheduler", 5)
+    # --num-inference-steps is --steps by its long name: the same run, nothing drawn again
+    assert main([*args[:-2], "--num-inference-steps", "5", "--sampler", "ddim"]) == 0
     assert main([*args, "--sampler", "unipc"]) == 2  # the folder holds DDIM's samples
     assert "scheduler: 'DDIMScheduler' there, 'UniPCMultistepScheduler' now" in capsys.readouterr().err
     assert main(["sample", roll, "--out", str(tmp_path / "u.png"), "--sampler", "unipc", "--steps", "5"]) == 0
