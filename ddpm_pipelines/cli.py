@@ -247,7 +247,7 @@ def _evaluate(args: argparse.Namespace, argv: list[str]) -> int:
             pipe,
             train,
             test,
-            samplers=[name or "ddpm" for name in samplers],
+            samplers=samplers,
             steps=[count or pipe.scheduler.config.num_train_timesteps for count in steps],
             samples_dir=args.samples,
             **common,

@@ -933,7 +933,7 @@ def quality_vs_steps(
     real_train: torch.Tensor,
     real_test: torch.Tensor,
     *,
-    samplers: Sequence[str],
+    samplers: Sequence[str | None],
     steps: Sequence[int],
     num_samples: int,
     batch_size: int,
@@ -945,10 +945,10 @@ def quality_vs_steps(
     progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Sample quality against the model calls spent: for each sampler of `samplers` (names of
-    `pipeline.SAMPLERS`) and each number of `steps`, `evaluate` without the likelihood, the
-    samples of each in samples_dir/<sampler>-<steps> (kept, and read again by a later run,
-    where samples_dir is given). The real sides' features are computed once for all. Returns
-    one row per (sampler, steps): evaluate's dict."""
+    `pipeline.SAMPLERS`, or None for the pipeline's own scheduler) and each number of `steps`,
+    `evaluate` without the likelihood, the samples of each in samples_dir/<sampler>-<steps>
+    (kept, and read again by a later run, where samples_dir is given). The real sides'
+    features are computed once for all. Returns one row per (sampler, steps): evaluate's dict."""
     if not samplers or not steps:
         raise ValueError(
             f"samplers and steps must each name at least one; got {list(samplers)} and {list(steps)}"
@@ -973,7 +973,7 @@ def quality_vs_steps(
                         seed=seed,
                         sampler=sampler,
                         num_inference_steps=count,
-                        samples_dir=Path(folder) / f"{sampler}-{count}",
+                        samples_dir=Path(folder) / f"{sampler or 'own'}-{count}",
                         features=features,
                         reference=reference,
                         real_features=real_features,

@@ -544,11 +544,12 @@ def test_evaluate_with_another_sampler_and_no_likelihood(point_pipe):
 
 def test_quality_vs_steps_rows_table_and_plot(point_pipe, tmp_path):
     train, test = _randn(30, 2, seed=38).float(), _randn(30, 2, seed=39).float() + 0.3
+    samplers = ["ddpm", "unipc", None]  # None: the pipeline's own scheduler
     rows = quality_vs_steps(
         point_pipe,
         train,
         test,
-        samplers=["ddpm", "unipc"],
+        samplers=samplers,
         steps=[2, 5],
         num_samples=10,
         batch_size=10,
@@ -559,21 +560,25 @@ def test_quality_vs_steps_rows_table_and_plot(point_pipe, tmp_path):
         ("ddpm", 5, 5),
         ("unipc", 2, 2),
         ("unipc", 5, 5),
+        ("DDPMScheduler", 2, 2),
+        ("DDPMScheduler", 5, 5),
     ]
-    for row in rows:  # each row is evaluate's, on its own samples folder
-        alone = evaluate(
+    for row, sampler in zip(rows, [name for name in samplers for _ in (2, 5)], strict=True):
+        alone = evaluate(  # each row is evaluate's, on its own samples folder
             point_pipe,
             train,
             test,
             num_samples=10,
             batch_size=10,
             nll_examples=0,
-            sampler=row["sampler"],
+            sampler=sampler,
             num_inference_steps=row["num_inference_steps"],
         )
         assert row == alone
-        assert (tmp_path / "s" / f"{row['sampler']}-{row['num_inference_steps']}" / "manifest.json").exists()
+        folder = tmp_path / "s" / f"{sampler or 'own'}-{row['num_inference_steps']}"
+        assert (folder / "manifest.json").exists()
     assert rows[0]["energy_distance"] != rows[1]["energy_distance"]
+    assert rows[0]["energy_distance"] == rows[4]["energy_distance"]  # "ddpm" is its own scheduler
     table = quality_table(rows).splitlines()
     assert table[0] == "| sampler | steps | model calls | energy_distance | floor | ratio |"
     first = rows[0]
@@ -581,7 +586,7 @@ def test_quality_vs_steps_rows_table_and_plot(point_pipe, tmp_path):
         f"| ddpm | 2 | 2 | {first['energy_distance']:.4g} | {first['energy_distance_floor']:.4g} | "
         f"{first['energy_distance_ratio']:.2f} |"
     )
-    assert len(table) == 6
+    assert len(table) == 8
     png = plot_quality_vs_steps(rows, tmp_path / "q.png")
     assert png.read_bytes().startswith(b"\x89PNG")
 
