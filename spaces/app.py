@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import tempfile
 import threading
 import uuid
@@ -112,7 +113,12 @@ def load_models(sources: Sequence[str]) -> dict[str, DDPMPipeline]:
         except OSError as error:  # a shipped folder that is not there
             logger.warning("not serving %r: %s", name, error)
     for source in sources:
-        models[source] = DDPMPipeline.from_pretrained(source)
+        try:
+            models[source] = DDPMPipeline.from_pretrained(source)
+        except (OSError, ValueError) as error:  # one line, not a traceback; DDPM_PIPELINES_DEBUG=1 shows it
+            if os.environ.get("DDPM_PIPELINES_DEBUG"):
+                raise
+            raise SystemExit(f"spaces/app.py: error: --model {source}: {error}") from None
     if not models:
         raise SystemExit("no model to serve: the shipped pipelines are missing and no --model was given")
     for pipe in models.values():
@@ -466,7 +472,7 @@ class Demo:
                             "diffusers' multistep solvers",
                         )
                         steps = gr.Slider(1, T, value=min(50, T), step=1, label="Steps")
-                        seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=SEED_MAX)
+                        seed = gr.Number(0, label="Seed", precision=0)
                         batch = gr.Slider(1, most, value=min(16, most), step=1, label="Batch size")
                         run = gr.Button("Generate", variant="primary", elem_id="generate")
                     with gr.Column(scale=2):
@@ -497,7 +503,7 @@ class Demo:
                     figure_steps = gr.Slider(
                         1, figure_T, value=min(100, figure_T), step=1, label="Reverse steps"
                     )
-                    figure_seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=SEED_MAX)
+                    figure_seed = gr.Number(0, label="Seed", precision=0)
                 draw = gr.Button("Draw", variant="primary")
                 picture = gr.Plot(label="q(x_t), p(x_t) and the drift")
                 draw.click(self.figure, [num_points, figure_steps, figure_seed], picture, api_name="figure")
@@ -505,8 +511,8 @@ class Demo:
             with gr.Tab("Schedules"):
                 with gr.Row():
                     schedule_T = gr.Slider(2, MAX_SCHEDULE_STEPS, value=1000, step=1, label="T")
-                    beta_start = gr.Number(1e-4, label="β_start", minimum=1e-6, maximum=0.5)
-                    beta_end = gr.Number(0.02, label="β_end", minimum=1e-6, maximum=0.5)
+                    beta_start = gr.Number(1e-4, label="β_start")
+                    beta_end = gr.Number(0.02, label="β_end")
                     show = gr.Button("Plot", variant="primary")
                 schedule_plot = gr.Plot(label="β_t, ᾱ_t, SNR and β̃_t")
                 inputs = [schedule_T, beta_start, beta_end]
@@ -526,7 +532,7 @@ class Demo:
                             self.digit_models, value=(self.digit_models or [None])[0], label="Model"
                         )
                         index = gr.Slider(0, len(self.digits) - 1, value=0, step=1, label="Held-out digit")
-                        likelihood_seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=SEED_MAX)
+                        likelihood_seed = gr.Number(0, label="Seed", precision=0)
                         digit = gr.Image(label="The digit", format="png", height=160)
                         measure = gr.Button("Compute the bound", variant="primary")
                     with gr.Column(scale=2):
@@ -562,6 +568,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own requests to itself
 
+    # A stop (SIGTERM, as from a container or a Space) closes the server as Ctrl-C does, so that
+    # the app exits normally and its temporary folder goes with it.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     demo = Demo(load_models(args.model)).build()
     demo.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
     # The page has no upload; max_file_size bounds what gradio's own upload route accepts.

@@ -13,6 +13,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -191,6 +192,12 @@ def test_likelihood_is_the_library_bound_of_the_chosen_digit(app, client):
             "'DDIM'.* " + re.escape(str(list(SAMPLERS))),
         ),
         ("/schedules", (1000, 0.02, 1e-4), r"beta_start=0.02, beta_end=0.0001: they must satisfy"),
+        # Out-of-range numbers are answered by the demo, naming the field (gradio's own check
+        # of a Number's minimum and maximum says only "Value -1 is less than minimum value 0")
+        ("/generate", ("TINY", "ddim", 10, -1, 4), r"seed must be a whole number from 0 to"),
+        ("/figure", (100, 10, -3), r"seed must be a whole number from 0 to"),
+        ("/schedules", (1000, 0.9, 0.95), r"β_start must be a number from 1e-06 to 0.5; got 0.9"),
+        ("/likelihood", ("digits", 0, -2), r"seed must be a whole number from 0 to"),
         ("/likelihood", ("swiss-roll", 0, 0), r"swiss-roll"),
         ("/digit", (359,), r"359"),
     ],
@@ -292,3 +299,32 @@ def test_the_space_folder_is_a_gradio_space_pinned_to_this_package():
         if line and not line.startswith("#")
     ]
     assert requirements == [f"ddpm-pipelines[demo]=={version}"]
+
+
+def test_a_bad_model_is_one_line_on_stderr_and_a_failed_exit(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
+    env.pop("DDPM_PIPELINES_DEBUG", None)
+    command = [
+        sys.executable,
+        str(SPACE / "app.py"),
+        "--model",
+        str(tmp_path / "nope"),
+        "--port",
+        str(free_port()),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=STARTUP_SECONDS)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"spaces/app.py: error: --model {tmp_path / 'nope'}: ")
+    )
+
+
+def test_sigterm_stops_the_app_and_removes_its_temporary_folder(app):
+    """Last in this file: it stops the app the other tests share."""
+    tmp = app.log.parent / "tmp"
+    assert [p for p in tmp.iterdir() if p.name.startswith("ddpm-demo-")]  # made at start, filled by the tests
+    app.process.send_signal(signal.SIGTERM)
+    assert app.process.wait(timeout=60) == 0
+    assert not [p for p in tmp.iterdir() if p.name.startswith("ddpm-demo-")]
