@@ -15,7 +15,10 @@ from pathlib import Path
 
 from . import hub, training
 from .losses import LOSS_TYPES
-from .pipeline import SAMPLERS
+from .pipeline import PRETRAINED, SAMPLERS, DDPMPipeline, load_pretrained, makes_points
+
+PACKAGE_DIR = Path(__file__).resolve().parent  # evaluate never writes in here
+PIPELINE_HELP = f"a pipeline folder, a Hub repo id, or one shipped with the package: {', '.join(PRETRAINED)}"
 
 # The options of `train` with a fixed set of values (the rest take their type from the default).
 CHOICES = {
@@ -84,27 +87,54 @@ def _float_or_none(text: str) -> float | None:
     return None if text.lower() == "none" else float(text)
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default after its help, "(default: 256)", unless the help says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.required or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ddpm-pipelines", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="ddpm-pipelines", description=__doc__, formatter_class=_HelpFormatter
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="on an error, show its traceback rather than one line (also: DDPM_PIPELINES_DEBUG=1)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train a DDPM (also under accelerate launch / torchrun)")
+    train = commands.add_parser(
+        "train",
+        help="train a DDPM (also under accelerate launch / torchrun)",
+        formatter_class=_HelpFormatter,
+    )
     _add_training_options(train)
 
     evaluate = commands.add_parser(
-        "evaluate", help="bits/dim and sample quality of a trained pipeline, or quality against steps"
+        "evaluate",
+        help="bits/dim and sample quality of a trained pipeline, or quality against steps",
+        formatter_class=_HelpFormatter,
     )
-    evaluate.add_argument("pipeline", help="a pipeline folder or Hub repo id")
+    evaluate.add_argument("pipeline", help=PIPELINE_HELP)
     evaluate.add_argument("--dataset", required=True, help="the data it was trained on (its train split)")
     evaluate.add_argument(
-        "--test-dataset", default=None, help="held-out data (default: --dataset's test split), e.g. a folder"
+        "--test-dataset", default=None, help="held-out data, e.g. a folder (default: --dataset's test split)"
     )
-    evaluate.add_argument("--num-samples", type=int, default=5000, help="generated samples (default 5000)")
+    evaluate.add_argument("--num-samples", type=int, default=5000, help="generated samples")
     evaluate.add_argument(
         "--nll-examples", type=int, default=256, help="held-out examples for bits/dim (0: no likelihood)"
     )
-    evaluate.add_argument("--batch-size", type=int, default=256)
-    evaluate.add_argument("--image-size", type=int, default=None)
+    evaluate.add_argument("--batch-size", type=int, default=256, help="samples or examples at a time")
+    evaluate.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="resize a folder's or hf: dataset's images to this (default: none; they must share one size)",
+    )
     evaluate.add_argument(
         "--samples",
         default=None,
@@ -114,16 +144,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--fid", action="store_true", help="FID and precision/recall in Inception features")
     evaluate.add_argument(
-        "--inception-weights", default=None, help="with --fid: the Inception weights as a .safetensors file"
+        "--inception-weights",
+        default=None,
+        help="with --fid: the Inception weights as a .safetensors file (default: torch-fidelity's, "
+        "from torch.hub's cache)",
     )
     evaluate.add_argument(
         "--reference",
         default=None,
         help="with --fid: an .npz of the real side's mu and sigma (ours, pytorch-fid's or the ADM "
-        "suite's), e.g. CIFAR-10's train statistics, instead of the test split's",
+        "suite's), e.g. CIFAR-10's train statistics (default: the test split's)",
     )
     evaluate.add_argument(
-        "--dino", default=None, help="a Dinov2Model folder or Hub id, for FD_DINOv2 and its precision/recall"
+        "--dino",
+        default=None,
+        help="a Dinov2Model folder or Hub id, for FD_DINOv2 and its precision/recall (default: none)",
     )
     evaluate.add_argument(
         "--statistics-dir",
@@ -146,25 +181,35 @@ def _parser() -> argparse.ArgumentParser:
         help="inference steps, or several with commas, e.g. 10,20,50,100,1000 (default: all); more "
         "than one sampler or step count writes the quality-against-steps table and plot instead",
     )
-    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--seed", type=int, default=0, help="seeds the samples and the likelihood's noise")
     evaluate.add_argument(
-        "--out", default=None, help="folder for metrics.json and the plots (default: beside)"
+        "--out",
+        default=None,
+        help="folder for metrics.json and the plots (default: the pipeline's folder when it is a "
+        "run's, else the current folder; never inside the installed package)",
     )
 
     sample = commands.add_parser(
-        "sample", help="generate with a pipeline: a picture, or --num-samples of them to .npz shards"
+        "sample",
+        help="generate with a pipeline: a picture, or --num-samples of them to .npz shards",
+        formatter_class=_HelpFormatter,
     )
-    sample.add_argument("pipeline", help="a pipeline folder or Hub repo id")
+    sample.add_argument("pipeline", help=PIPELINE_HELP)
     sample.add_argument("--out", required=True, help="a .png file; with --num-samples, a folder")
     sample.add_argument(
         "--num-samples",
         type=int,
         default=None,
         help="draw this many into .npz shards in --out, split across the processes of torchrun or "
-        "accelerate launch; the same command again continues a killed run",
+        "accelerate launch; the same command again continues a killed run (default: one picture)",
     )
     sample.add_argument("--shard-size", type=int, default=1000, help="samples per shard (with --num-samples)")
-    sample.add_argument("--batch-size", type=int, default=None, help="default: 16, or 64 with --num-samples")
+    sample.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="samples at a time (default: 16, or 64 with --num-samples)",
+    )
     sample.add_argument(
         "--steps",
         "--num-inference-steps",
@@ -174,27 +219,56 @@ def _parser() -> argparse.ArgumentParser:
         help="inference steps (default: all)",
     )
     sample.add_argument(
-        "--sampler", choices=SAMPLERS, default=None, help="default: the pipeline's own scheduler"
+        "--sampler",
+        choices=SAMPLERS,
+        default=None,
+        help=f"one of {', '.join(SAMPLERS)} (default: the pipeline's own scheduler)",
     )
-    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument(
+        "--seed", type=int, default=0, help="seeds the draws (with --num-samples, sample i's is (seed, i))"
+    )
 
-    push = commands.add_parser("push", help="upload a saved pipeline or model folder to the Hub")
-    push.add_argument("folder")
-    push.add_argument("repo_id")
-    push.add_argument("--private", action="store_true")
-    push.add_argument("--revision", default=None, help="a branch to push to")
+    push = commands.add_parser(
+        "push", help="upload a saved pipeline or model folder to the Hub", formatter_class=_HelpFormatter
+    )
+    push.add_argument("folder", help="a folder that save_pretrained or train wrote, e.g. runs/x/pipeline")
+    push.add_argument(
+        "repo_id", help="the Hub repo, user/name or org/name (created if needed; its card names it)"
+    )
+    push.add_argument("--private", action="store_true", help="create the repo private (a new repo only)")
+    push.add_argument("--revision", default=None, help="a branch to push to (default: the main branch)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; an expected failure is one line on stderr and exit status 2, its
+    traceback shown only with --debug or DDPM_PIPELINES_DEBUG=1."""
     argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return COMMANDS[args.command](args, argv)
-    except (ValueError, OSError, training.TrainingError) as error:
+    except (ValueError, OSError, ImportError, training.TrainingError) as error:
+        if args.debug or os.environ.get("DDPM_PIPELINES_DEBUG", "") not in ("", "0"):
+            raise
         print(f"ddpm-pipelines {args.command}: error: {error}", file=sys.stderr)
         return 2
+
+
+def _pipeline(name: str) -> DDPMPipeline:
+    """A pipeline shipped with the package by its name (PRETRAINED: these names win over a
+    folder of the same name; write ./digits for that), else a folder or Hub repo id."""
+    return load_pretrained(name) if name in PRETRAINED else DDPMPipeline.from_pretrained(name)
+
+
+def _evaluate_out(args: argparse.Namespace) -> Path:
+    """--out; by default the pipeline's folder when it is a run's, a folder outside the
+    installed package, else the current folder."""
+    if args.out:
+        return Path(args.out)
+    folder = Path(args.pipeline)
+    run = args.pipeline not in PRETRAINED and folder.is_dir()
+    return folder if run and not folder.resolve().is_relative_to(PACKAGE_DIR) else Path(".")
 
 
 def _train(args: argparse.Namespace, argv: list[str]) -> int:
@@ -215,9 +289,8 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
 def _evaluate(args: argparse.Namespace, argv: list[str]) -> int:
     from . import evaluation
     from .data import load_dataset
-    from .pipeline import DDPMPipeline
 
-    pipe = DDPMPipeline.from_pretrained(args.pipeline)
+    pipe = _pipeline(args.pipeline)
     train = load_dataset(args.dataset, "train", image_size=args.image_size, seed=args.seed)
     if args.test_dataset:
         test = load_dataset(args.test_dataset, "train", image_size=args.image_size, seed=args.seed + 1)
@@ -240,7 +313,7 @@ def _evaluate(args: argparse.Namespace, argv: list[str]) -> int:
         ),
         progress=True,
     )
-    out = Path(args.out) if args.out else Path(args.pipeline) if Path(args.pipeline).is_dir() else Path(".")
+    out = _evaluate_out(args)
     samplers, steps = args.sampler or [None], args.steps or [None]
     if len(samplers) * len(steps) > 1:
         rows = evaluation.quality_vs_steps(
@@ -259,6 +332,12 @@ def _evaluate(args: argparse.Namespace, argv: list[str]) -> int:
         print(table)
         print(f"wrote {out / 'quality_vs_steps.json'}, .md and .png")
         return 0
+    if not features and not makes_points(pipe.unet):
+        print(
+            "skipped FID, precision/recall and FD_DINOv2: the samples of an image model are measured "
+            "in a network's features (--fid: Inception, --dino: DINOv2)",
+            file=sys.stderr,
+        )
     metrics = evaluation.evaluate(
         pipe,
         train,
@@ -282,9 +361,9 @@ def _sample(args: argparse.Namespace, argv: list[str]) -> int:
     import torch
 
     from .images import image_grid, points_image
-    from .pipeline import DDPMPipeline, makes_points, with_sampler
+    from .pipeline import with_sampler
 
-    pipe = DDPMPipeline.from_pretrained(args.pipeline)
+    pipe = _pipeline(args.pipeline)
     if args.sampler:  # the same model and β schedule, another reverse rule
         pipe = with_sampler(pipe, args.sampler)
     if args.num_samples is not None:

@@ -64,7 +64,8 @@ def load_dataset(
     name: "swiss-roll", "digits", a path to a local folder of images, or "hf:NAME" (a
         Hugging Face dataset: a Hub name such as "hf:cifar10", or "hf:" and a local
         folder, read with datasets' "imagefolder" builder). The two built-in names win
-        over a folder of the same name.
+        over a folder of the same name. A path (with a separator) that does not exist is a
+        FileNotFoundError; any other unknown name a ValueError.
     num_samples: how many points to draw ("swiss-roll", default 10 000), or how many of the
         split's images to keep, the first ones (default all; more than the split holds is
         an error).
@@ -415,7 +416,14 @@ def image_dataset(
     name = os.fspath(name)
     if name.startswith("hf:"):
         return ImageDataset(_HubImages(name.removeprefix("hf:"), split, num_samples), image_size, center_crop)
+    if Path(name).is_file():
+        raise ValueError(f"dataset {name!r} is a file; pass the folder of images that holds it")
     if not Path(name).is_dir():
+        if os.sep in name or (os.altsep and os.altsep in name):  # a path, not a name
+            raise FileNotFoundError(
+                f"dataset folder {name!r} not found; the built-in datasets are 'swiss-roll' and "
+                "'digits', and a Hugging Face dataset is 'hf:NAME'"
+            )
         raise ValueError(
             f"unknown dataset {name!r}; allowed: 'swiss-roll', 'digits', a folder of images, "
             "or 'hf:NAME' (a Hugging Face dataset)"

@@ -5,8 +5,10 @@ code when read, so they are refused with a clear error, never opened."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,19 +16,23 @@ from typing import Any
 
 import safetensors.torch
 import torch
-from huggingface_hub import HfApi, ModelCardData, constants, snapshot_download
+from huggingface_hub import CommitOperationAdd, HfApi, ModelCardData, constants, snapshot_download
 from huggingface_hub.errors import (
     HFValidationError,
     LocalEntryNotFoundError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+from huggingface_hub.utils import filter_repo_objects
 from safetensors import SafetensorError
+
+from schedulers.io import set_default_mode
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"  # the file diffusers' models read and write
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 # What a download fetches: configs, safetensors weights and the model card; never pickles.
 ALLOW_PATTERNS = ("*.json", "*.safetensors", "*.md")
+NO_HUB = "Hub cannot be asked (offline, HF_HUB_OFFLINE=1 or local_files_only=True, or unreachable)"
 
 
 # ---- finding a pretrained folder -------------------------------------------------------------
@@ -40,11 +46,13 @@ def resolve_folder(
     cache_dir: str | os.PathLike | None = None,
     token: str | bool | None = None,
     local_files_only: bool = False,
+    required: Sequence[str] = (),
 ) -> Path:
     """The local folder holding `name_or_path`'s files (joined with `subfolder`): the path
     itself if it is a folder, else a snapshot of the Hub repo of that id at `revision`,
     downloaded into (or, offline with HF_HUB_OFFLINE=1 or `local_files_only`, read from)
-    the Hugging Face cache."""
+    the Hugging Face cache. Offline, a cached snapshot that lacks one of the `required` files
+    (paths in the folder returned) is an error naming them."""
     path = Path(name_or_path)
     if path.is_dir():
         if revision is not None:
@@ -76,12 +84,22 @@ def resolve_folder(
     except RevisionNotFoundError as err:
         raise OSError(f"revision {revision!r} does not exist in the Hub repo {repo_id!r}") from err
     except LocalEntryNotFoundError as err:
+        # huggingface_hub ≥ 1.x: a cached snapshot that its cached file list shows is partial
+        folder = getattr(err, "snapshot_path", None)
+        if folder is None:
+            raise OSError(
+                f"{repo_id!r}{at} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the "
+                f"{NO_HUB}; download it once while online"
+            ) from err
+        local_files_only = True  # the Hub was not asked
+    folder = Path(folder) / subfolder if subfolder else Path(folder)
+    missing = [name for name in required if not (folder / name).is_file()]
+    if missing and (local_files_only or constants.HF_HUB_OFFLINE):
         raise OSError(
-            f"{repo_id!r}{at} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the "
-            "Hub cannot be asked (offline, HF_HUB_OFFLINE=1 or local_files_only=True, or "
-            "unreachable); download it once while online"
-        ) from err
-    return Path(folder) / subfolder if subfolder else Path(folder)
+            f"{repo_id!r}{at} is not fully in the Hugging Face cache ({constants.HF_HUB_CACHE}): it "
+            f"lacks {', '.join(missing)}, and the {NO_HUB}; download it again while online"
+        )
+    return folder
 
 
 # ---- reading ---------------------------------------------------------------------------------
@@ -146,13 +164,15 @@ def load_weights(model: torch.nn.Module, folder: Path) -> None:
 def save_atomically(write: Callable[[Path], None], directory: str | os.PathLike) -> None:
     """Let `write` fill a fresh folder beside `directory`, then move each file into place
     with `os.replace`: whatever interrupts the save, every file in `directory` is either
-    the previous one or the new one, never a torn write."""
+    the previous one or the new one, never a torn write. Files and folders get the modes of
+    new ones (`set_default_mode`), whatever mode `write`'s writers gave them."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory.parent, prefix=f".{directory.name}.saving-") as tmp:
         write(Path(tmp))
         files = sorted(p for p in Path(tmp).rglob("*") if p.is_file())
         for src in files:  # on disk before any rename, so that a power cut cannot tear them
+            set_default_mode(src)  # safetensors writes 0600
             fsync_file(src)
         for src in files:
             dst = directory / src.relative_to(tmp)
@@ -169,7 +189,7 @@ def fsync_file(path: str | os.PathLike) -> None:
 def write_file_atomically(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Let `write` fill a temporary file beside `path`, make it durable, then move it into
     place with `os.replace`: whatever interrupts it, `path` holds the old file or the new
-    one, never a torn write. Returns the path."""
+    one, never a torn write, with the mode of a new file (`set_default_mode`). Returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -177,6 +197,7 @@ def write_file_atomically(path: str | os.PathLike, write: Callable[[Path], None]
     tmp = Path(name)
     try:
         write(tmp)
+        set_default_mode(tmp)  # mkstemp makes it 0600
         fsync_file(tmp)
         os.replace(tmp, path)  # same folder, same file system: atomic
     except BaseException:
@@ -259,20 +280,65 @@ def push_folder(
     create_pr: bool = False,
 ) -> Any:
     """Create `repo_id` if needed and upload a saved folder's configs, safetensors and
-    model card as one commit (never its pickles or anything else); returns the CommitInfo."""
+    model card as one commit (never its pickles or anything else); returns the CommitInfo.
+    A card that `model_card` wrote for another name (training names the local folder) is
+    uploaded retitled for `repo_id` (`card_for`); the folder's own card is left as it is.
+    A Hub that cannot be reached is a ConnectionError that says so."""
     folder = Path(folder)
     if not ((folder / "model_index.json").is_file() or (folder / "config.json").is_file()):
         raise ValueError(
             f"{str(folder)!r} holds no model_index.json or config.json: pass a folder that "
             f"save_pretrained wrote"
         )
+    names = [p.relative_to(folder).as_posix() for p in sorted(folder.rglob("*")) if p.is_file()]
+    operations = [
+        CommitOperationAdd(name, str(folder / name))
+        for name in filter_repo_objects(names, allow_patterns=list(ALLOW_PATTERNS))
+        if name != "README.md"
+    ]
+    if (folder / "README.md").is_file():
+        card = card_for((folder / "README.md").read_text(encoding="utf-8"), repo_id)
+        operations.append(CommitOperationAdd("README.md", card.encode("utf-8")))
     api = HfApi(token=token)
-    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    return api.upload_folder(
-        repo_id=repo_id,
-        folder_path=folder,
-        allow_patterns=list(ALLOW_PATTERNS),
-        commit_message=commit_message or "Upload with ddpm-pipelines",
-        revision=revision,
-        create_pr=create_pr,
-    )
+    try:
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        return api.create_commit(
+            repo_id,
+            operations,
+            commit_message=commit_message or "Upload with ddpm-pipelines",
+            revision=revision,
+            create_pr=create_pr,
+        )
+    except _no_answer_errors() as err:
+        raise ConnectionError(
+            f"could not reach the Hub at {api.endpoint} ({type(err).__name__}: {err}): check the "
+            "network connection and HF_ENDPOINT, then push again"
+        ) from err
+
+
+def card_for(card: str, repo_id: str) -> str:
+    """A model card that `model_card` wrote for another name, retitled for `repo_id`: its
+    title and its from_pretrained lines. Any other card is returned as it is."""
+    title = re.search(r"^# (.+)$", card, re.MULTILINE)
+    if title is None or f'from_pretrained("{title[1]}")' not in card:
+        return card
+    retitled = card[: title.start()] + f"# {repo_id}" + card[title.end() :]
+    return retitled.replace(f'from_pretrained("{title[1]}")', f'from_pretrained("{repo_id}")')
+
+
+def _no_answer_errors() -> tuple[type[Exception], ...]:
+    """What huggingface_hub's HTTP client raises when no answer came (refused, timed out, no
+    route or name): httpx2's TransportError (huggingface_hub 2.x), httpx's (1.x), requests'
+    ConnectionError and Timeout (0.x)."""
+    found = []
+    for module, name in (
+        ("httpx2", "TransportError"),
+        ("httpx", "TransportError"),
+        ("requests", "ConnectionError"),
+        ("requests", "Timeout"),
+    ):
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except ImportError:
+            pass
+    return tuple(found)

@@ -6,6 +6,7 @@ diffusers' files: config.json and diffusion_pytorch_model.safetensors."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,15 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from . import hub
+
+
+def _not_an_empty_float32_list(record: logging.LogRecord) -> bool:
+    """False for diffusers' warning on `model.to(dtype)` that names no module ("should be kept
+    in float32: []"): it warns of nothing, and these models keep no module in float32."""
+    return "should be kept in float32: []" not in record.getMessage()
+
+
+logging.getLogger("diffusers.models.modeling_utils").addFilter(_not_an_empty_float32_list)
 
 
 class PretrainedMixin(hub.PushToHubMixin):
@@ -48,6 +58,7 @@ class PretrainedMixin(hub.PushToHubMixin):
             cache_dir=cache_dir,
             token=token,
             local_files_only=local_files_only,
+            required=(cls.config_name, hub.WEIGHTS_NAME),
         )
         model = cls.from_config(hub.read_config(folder / cls.config_name, cls._config_class_names))
         hub.load_weights(model, folder)

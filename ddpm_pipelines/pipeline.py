@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,13 @@ SAMPLERS = ("ddpm", "ddim", "dpm-solver++", "unipc")
 # + 1 and floors it, which starts 10 steps at t = 900 of 999, and 500 or more steps at t ≤ 500
 # (at 1000, every t is 0).
 SPREAD = {"timestep_spacing": "trailing"}
+# The files of a pipeline folder (diffusers' layout).
+COMPONENT_FILES = (
+    "model_index.json",
+    "unet/config.json",
+    f"unet/{hub.WEIGHTS_NAME}",
+    "scheduler/scheduler_config.json",
+)
 
 
 class Trajectory(NamedTuple):
@@ -177,10 +185,15 @@ class DDPMPipeline(hub.PushToHubMixin, DiffusionPipeline):
         step_kwargs = {"generator": generator} if _accepts(self.scheduler.step, "generator") else {}
         kept: list[tuple[int, torch.Tensor, torch.Tensor]] = []
         prediction_only = not _splits_variance(self.scheduler)  # the scheduler takes no variance channels
+        # The first step whose model output is NaN or ±inf (len(timesteps): none), kept on the
+        # device and read once after the loop: no host sync per step.
+        first_non_finite = torch.full((), len(timesteps), device=device)
 
         for i, t in enumerate(self.progress_bar(timesteps)):
             model_input = self.scheduler.scale_model_input(sample, t).to(model_dtype)
             model_output = self.unet(model_input, model_timesteps[i]).sample.to(dtype)
+            finite = torch.isfinite(model_output).all()
+            first_non_finite = torch.where(finite, first_non_finite, first_non_finite.clamp(max=i))
             if prediction_only and model_output.shape[1] == 2 * sample.shape[1]:
                 model_output = model_output[:, : sample.shape[1]]  # the prediction, not the variance
             result = self.scheduler.step(model_output, t, sample, **step_kwargs)
@@ -192,6 +205,7 @@ class DDPMPipeline(hub.PushToHubMixin, DiffusionPipeline):
             if callback is not None:
                 callback(i, int(t), sample, x0)
 
+        _warn_if_non_finite(int(first_non_finite), timesteps)
         trajectory = None
         if kept:
             ts, xs, x0s = zip(*kept, strict=True)
@@ -235,6 +249,7 @@ class DDPMPipeline(hub.PushToHubMixin, DiffusionPipeline):
             cache_dir=cache_dir,
             token=token,
             local_files_only=local_files_only,
+            required=COMPONENT_FILES,
         )
         index = hub.read_config(folder / "model_index.json", ("DDPMPipeline", "DDIMPipeline"))
         missing = [name for name in ("unet", "scheduler") if name not in index]
@@ -250,7 +265,11 @@ class DDPMPipeline(hub.PushToHubMixin, DiffusionPipeline):
 
         def write(folder: Path) -> None:
             self.unet.save_pretrained(folder / "unet")
-            self.scheduler.save_pretrained(folder / "scheduler")
+            # What scheduler.save_pretrained writes, without its log line naming the temporary folder.
+            (folder / "scheduler").mkdir()
+            (folder / "scheduler" / "scheduler_config.json").write_text(
+                self.scheduler.to_json_string(), "utf-8"
+            )
             index = {
                 "_class_name": "DDPMPipeline",
                 "_diffusers_version": diffusers.__version__,
@@ -282,6 +301,19 @@ def load_pretrained(name: str) -> DDPMPipeline:
     if not (folder / "model_index.json").is_file():
         raise OSError(f"the pretrained pipeline {name!r} is missing from {folder}: reinstall ddpm-pipelines")
     return DDPMPipeline.from_pretrained(folder)
+
+
+def _warn_if_non_finite(first: int, timesteps: torch.Tensor) -> None:
+    """One warning naming the step where the model's output was first NaN or ±inf (`first`;
+    len(timesteps) where it never was): from there on the samples are likely NaN."""
+    if first < len(timesteps):
+        warnings.warn(
+            f"the model's output was NaN or infinite first at step {first} of {len(timesteps)} "
+            f"(t={int(timesteps[first])}): the samples are likely NaN from there on (black images); "
+            "check the weights, or run the model in float32 rather than float16",
+            RuntimeWarning,
+            stacklevel=4,  # the caller of pipe(...): past __call__ and torch.no_grad's wrapper
+        )
 
 
 def _check_count(name: str, value: Any, most: int | None = None, why: str = "") -> None:

@@ -7,6 +7,7 @@ import json
 import PIL.Image
 import pytest
 import torch
+from huggingface_hub import ModelCard
 
 from ddpm_pipelines import DDPMPipeline
 from ddpm_pipelines.cli import main
@@ -141,12 +142,24 @@ def test_evaluate_fid_reads_shards_of_sample_and_a_reference(tmp_path, capsys, m
 
 
 def test_push_uploads_a_saved_folder(trained, hub):
-    assert main(["push", str(trained), f"{hub.user}/cli-push"]) == 0
-    pipe = DDPMPipeline.from_pretrained(f"{hub.user}/cli-push")
+    """The weights as saved; the card retitled for the repo (training wrote it for the local
+    folder), its training section kept, the local card left as it was."""
+    repo_id = f"{hub.user}/cli-push"
+    local_card = (trained / "README.md").read_text()
+    local_name = local_card.split("\n# ", 1)[1].split("\n", 1)[0]  # the run's folder
+    assert local_name.startswith(str(trained.parent)) and f'from_pretrained("{local_name}")' in local_card
+    assert main(["push", str(trained), repo_id]) == 0
+    pipe = DDPMPipeline.from_pretrained(repo_id)
     saved = DDPMPipeline.from_pretrained(trained)
     assert all(
         torch.equal(a, b) for a, b in zip(pipe.unet.parameters(), saved.unet.parameters(), strict=True)
     )
+    card = ModelCard.load(repo_id)
+    assert card.text.lstrip().startswith(f"# {repo_id}\n")
+    assert f'pipe = DDPMPipeline.from_pretrained("{repo_id}")' in card.text
+    assert local_name not in card.text.split("## Training")[0]
+    assert card.text.split("## Training")[1] == local_card.split("## Training")[1]
+    assert card.data.license == "apache-2.0" and (trained / "README.md").read_text() == local_card
 
 
 def test_errors_are_one_line_with_exit_status_2(tmp_path, capsys):
@@ -184,3 +197,23 @@ def test_sample_takes_a_sampler_by_name(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit:
         main([*args, "--sampler", "euler"])
     assert exit.value.code == 2 and "invalid choice: 'euler'" in capsys.readouterr().err
+
+
+def test_the_shipped_pipelines_by_name_and_no_writes_in_the_package(tmp_path, monkeypatch, capsys):
+    """The names "digits" and "swiss-roll", as load_pretrained takes them; evaluate's results go to the
+    current folder, never into the installed package; an image model evaluated without
+    --fid and --dino says which numbers it skipped."""
+    monkeypatch.chdir(tmp_path)
+    package = {p for p in PRETRAINED_DIR.rglob("*")}
+    assert main(["sample", "digits", "--out", "digits.png", "--batch-size", "4", "--steps", "2"]) == 0
+    assert PIL.Image.open(tmp_path / "digits.png").size[0] > 0
+    roll = ["--dataset", "swiss-roll", "--num-samples", "20", "--batch-size", "20", "--steps", "2"]
+    assert main(["evaluate", "swiss-roll", *roll, "--nll-examples", "0"]) == 0
+    assert json.loads((tmp_path / "metrics.json").read_text())["energy_distance"] > 0
+    (tmp_path / "metrics.json").unlink()
+    assert main(["evaluate", str(PRETRAINED_DIR / "swiss-roll"), *roll, "--nll-examples", "0"]) == 0
+    assert (tmp_path / "metrics.json").exists()
+    capsys.readouterr()
+    assert main(["evaluate", "digits", "--dataset", "digits", "--nll-examples", "0", "--out", "e"]) == 0
+    assert "skipped FID, precision/recall and FD_DINOv2" in capsys.readouterr().err
+    assert {p for p in PRETRAINED_DIR.rglob("*")} == package

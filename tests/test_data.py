@@ -260,6 +260,17 @@ def test_unknown_dataset():
         load_dataset("mnist")
 
 
+@pytest.mark.parametrize("where", ["path/that/does/not/exist", "absolute"])
+def test_a_missing_folder_is_not_found(tmp_path, where):
+    path = str(tmp_path / "missing") if where == "absolute" else where
+    with pytest.raises(
+        FileNotFoundError, match=names("not found", re.escape(repr(path)), "'swiss-roll'", "'digits'")
+    ):
+        load_dataset(path)
+    with pytest.raises(FileNotFoundError, match=re.escape(repr(path))):
+        image_dataset(path)
+
+
 @pytest.mark.parametrize("split", ["validation", "Train", ""])
 def test_bad_split(split):
     with pytest.raises(ValueError, match=names(re.escape(f"split={split!r}"), "'train'", "'test'")):

@@ -100,6 +100,21 @@ def test_models_push_and_load_alone(repo_id):
     assert isinstance(UNetModel.from_pretrained(repo_id + "-pipe", subfolder="unet"), UNetModel)
 
 
+def _run_offline(script: str, *args: str) -> subprocess.CompletedProcess:
+    """`script` in a separate Python with HF_HUB_OFFLINE=1 and no server at all; it must succeed."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"}  # port 9: nothing there
+    result = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    return result
+
+
 def test_loads_offline_from_the_cache(repo_id, tmp_path):
     """A separate process with HF_HUB_OFFLINE=1, the same HF_HOME and no server at all."""
     pipe = _pipe()
@@ -118,20 +133,40 @@ def test_loads_offline_from_the_cache(repo_id, tmp_path):
         "except OSError as err:\n"
         "    print(err)\n"
     )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"}  # port 9: nothing there
     out = tmp_path / "images.npy"
-    result = subprocess.run(
-        [sys.executable, "-c", script, repo_id, str(out)],
-        env=env,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
+    result = _run_offline(script, repo_id, str(out))
     np.testing.assert_array_equal(np.load(out), _images(pipe))
     assert "-never-downloaded' is not in the Hugging Face cache" in result.stdout
     assert "HF_HUB_OFFLINE=1" in result.stdout
+
+
+def test_offline_a_partly_cached_repo_names_what_is_missing(repo_id):
+    """A separate process with HF_HUB_OFFLINE=1: a repo whose model_index.json alone is in the
+    cache, and one whose components are but not its model_index.json."""
+    _pipe().push_to_hub(repo_id)
+    _pipe().push_to_hub(repo_id + "-no-index")
+    HfApi().hf_hub_download(repo_id, "model_index.json")
+    for name in (
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "scheduler/scheduler_config.json",
+    ):
+        HfApi().hf_hub_download(repo_id + "-no-index", name)
+    script = (
+        "import sys\n"
+        "from ddpm_pipelines import DDPMPipeline\n"
+        "for name in sys.argv[1:]:\n"
+        "    try:\n"
+        "        DDPMPipeline.from_pretrained(name)\n"
+        "    except OSError as err:\n"
+        "        print(err)\n"
+    )
+    result = _run_offline(script, repo_id, repo_id + "-no-index")
+    first, second = result.stdout.splitlines()
+    assert f"'{repo_id}' is not fully in the Hugging Face cache" in first
+    assert "unet/diffusion_pytorch_model.safetensors" in first and "HF_HUB_OFFLINE=1" in first
+    assert f"'{repo_id}-no-index' is not fully in the Hugging Face cache" in second
+    assert "lacks model_index.json" in second
 
 
 def test_local_files_only_without_a_cached_copy(repo_id):
@@ -186,3 +221,56 @@ def test_write_file_atomically_keeps_the_old_file_when_the_write_fails(tmp_path)
     with pytest.raises(OSError, match="No space left"):
         write_file_atomically(path, torn)
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["card.md"]
+
+
+# ---- file permissions ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def umask_022():
+    """The umask 022 of most systems, for the test's duration (os.umask is process-wide)."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def _modes(root: Path) -> dict[str, str]:
+    """The permission bits of `root` and of everything below it, by relative path, in octal."""
+    return {str(p.relative_to(root)): oct(p.stat().st_mode & 0o777) for p in [root, *root.rglob("*")]}
+
+
+def test_saved_files_are_world_readable_like_diffusers(tmp_path, umask_022):
+    """0644 files and 0755 folders under umask 022, as diffusers and open() make them: a
+    pipeline and its model card, a model alone, a scheduler alone, and .npz shards."""
+    from ddpm_pipelines import load_pretrained
+    from ddpm_pipelines.hub import write_text_atomically
+    from ddpm_pipelines.shards import sample_to_shards
+
+    out, pipe = tmp_path / "out", _pipe()
+    pipe.save_pretrained(out / "pipe")
+    write_text_atomically(out / "pipe" / "README.md", pipe._model_card("someone/pipe"))
+    MLPModel(hidden_features=16, num_blocks=1).save_pretrained(out / "model")
+    pipe.scheduler.save_pretrained(out / "scheduler")
+    sample_to_shards(load_pretrained("swiss-roll"), out / "shards", 2, num_inference_steps=2, progress=False)
+    modes = _modes(out)
+    assert "pipe/unet/diffusion_pytorch_model.safetensors" in modes and "shards/shard-000000.npz" in modes
+    assert "scheduler/scheduler_config.json" in modes
+    assert modes == _world_readable(out, modes)
+
+
+def _world_readable(root: Path, modes: dict[str, str]) -> dict[str, str]:
+    """`modes` as they should be under umask 022: 0755 folders, 0644 files."""
+    return {name: "0o755" if (root / name).is_dir() else "0o644" for name in modes}
+
+
+def test_checkpoints_are_world_readable_like_diffusers(tmp_path, umask_022):
+    from ddpm_pipelines.checkpoints import save_checkpoint
+    from ddpm_pipelines.training import TrainingConfig
+
+    model = MLPModel(hidden_features=16, num_blocks=1)
+    optimizer = torch.optim.AdamW(model.parameters())
+    config = TrainingConfig(output_dir=str(tmp_path))
+    save_checkpoint(tmp_path, 1, 0, model, optimizer, None, None, config, processes=1, seconds=0.0, loss=0.0)
+    modes = _modes(tmp_path / "checkpoints")
+    assert "step-00000001/model.safetensors" in modes
+    assert modes == _world_readable(tmp_path / "checkpoints", modes)

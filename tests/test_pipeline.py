@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
+import warnings
 
 import diffusers
 import numpy as np
@@ -153,6 +155,17 @@ def test_pipeline_save_is_atomic(pipe, tmp_path, monkeypatch):
 
 
 # ---- what a call returns ---------------------------------------------------------------------
+
+
+def test_saving_logs_no_temporary_path(pipe, tmp_path, caplog):
+    """The logs of a save name no .NAME.saving-XXXX folder (save_atomically's), which is gone
+    once the save is done."""
+    with caplog.at_level(logging.DEBUG):
+        pipe.save_pretrained(tmp_path / "pipe")
+    assert [r.getMessage() for r in caplog.records if ".saving-" in r.getMessage()] == []
+    pipe.scheduler.save_pretrained(tmp_path / "scheduler")  # the same file as the scheduler writes
+    name = "scheduler_config.json"
+    assert (tmp_path / "pipe" / "scheduler" / name).read_text() == (tmp_path / "scheduler" / name).read_text()
 
 
 def test_output_types(pipe):
@@ -336,6 +349,53 @@ def test_learned_variance_model_with_learned_range(tmp_path):
 def test_call_errors(pipe, kwargs, message):
     with pytest.raises(ValueError, match=message):
         pipe(**kwargs)
+
+
+def test_a_model_that_goes_non_finite_is_named_once_with_its_step(points_pipe):
+    """The first step whose model output holds NaN or ±inf, by index and t, in one warning
+    (found after the loop: a flag on the device, no host sync per step)."""
+    calls = []
+
+    def nan_from_the_third_call(module, args, output):
+        calls.append(None)
+        if len(calls) >= 3:
+            output.sample.fill_(float("nan"))
+        return output
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a healthy run warns of nothing
+        points_pipe(batch_size=4, num_inference_steps=5, generator=_gen())
+    hook = points_pipe.unet.register_forward_hook(nan_from_the_third_call)
+    try:
+        with pytest.warns(RuntimeWarning) as record:
+            out = points_pipe(batch_size=4, num_inference_steps=5, generator=_gen(), output_type="pt")
+    finally:
+        hook.remove()
+    assert torch.isnan(out.images).all()
+    messages = [str(w.message) for w in record if "NaN or infinite" in str(w.message)]
+    assert len(messages) == 1, messages
+    assert "step 2 of 5 (t=400)" in messages[0]
+    assert [w.filename for w in record if "NaN or infinite" in str(w.message)] == [__file__]
+
+
+def test_casting_a_model_does_not_warn_of_an_empty_float32_list(unet, tmp_path, caplog):
+    """diffusers' "There are modules in UNetModel that should be kept in float32: []" on
+    `.to(dtype)` is not shown: these models have no such modules. A list that is not empty is."""
+    from diffusers.utils import logging as diffusers_logging
+
+    pipe = DDPMPipeline(unet=UNetModel.from_config(unet.config), scheduler=DDPMScheduler())
+    pipe.save_pretrained(tmp_path)
+    diffusers_logging.enable_propagation()  # diffusers' loggers reach caplog's handler
+    try:
+        with caplog.at_level(logging.WARNING):
+            pipe.to(torch.bfloat16)
+            DDPMPipeline.from_pretrained(tmp_path, torch_dtype=torch.float16)
+            assert [r.getMessage() for r in caplog.records if "float32" in r.getMessage()] == []
+            logger = logging.getLogger("diffusers.models.modeling_utils")
+            logger.warning("There are modules in X that should be kept in float32: ['norm']. Casting ...")
+            assert "should be kept in float32: ['norm']" in caplog.text
+    finally:
+        diffusers_logging.disable_propagation()
 
 
 def test_pil_is_for_images(points_pipe):
