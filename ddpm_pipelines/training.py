@@ -9,8 +9,12 @@ Everything random in a step is drawn from generators seeded by (seed, micro-batc
 the data order of every epoch by (seed, epoch) and each image's flip by (seed, its position
 in the run's stream of examples) (`data.example_batches`), so the state of a run is its step
 count, its stream position and what the checkpoint holds (`checkpoints`: weights, EMA,
-optimizer, the importance sampler's history, `resample`): `resume=True` continues a killed
-run exactly where it stopped, whatever DataLoader workers read the images.
+optimizer, the importance sampler's history, `resample`; the options, the time and the loss
+so far): `resume=True` continues a killed run exactly where it stopped, whatever DataLoader
+workers read the images, from the newest checkpoint that can be read and with the options it
+was written with (`allow_changed_options` to change those outside RESUME_MAY_CHANGE). It
+first removes what the killed run left half-written and the metrics it logged past that
+checkpoint, so that the output folder holds what an uninterrupted run's would.
 
 `train` strings the parts together: `_start` builds a run (`_Run`), `_optimizer_step` does
 one step, and the loop logs, samples and checkpoints. On the CPU the steps run inside
@@ -40,7 +44,15 @@ import schedulers
 from schedulers.base import check_choice
 
 from . import hub
-from .checkpoints import TrainingError, checkpoint_dirs, load_checkpoint, save_checkpoint
+from .checkpoints import (
+    CheckpointReadError,
+    TrainingError,
+    checkpoint_dirs,
+    load_checkpoint,
+    read_checkpoint,
+    remove_unfinished,
+    save_checkpoint,
+)
 from .data import (
     DATASET_NAMES,
     ImageDataset,
@@ -64,6 +76,25 @@ LRSchedule = Literal["constant", "cosine", "linear"]
 MIXED_PRECISIONS: tuple[str, ...] = get_args(MixedPrecision)
 LR_SCHEDULES: tuple[str, ...] = get_args(LRSchedule)
 MODELS = ("mlp", *UNET_PRESETS)
+# The options that may differ from the checkpoint's on resume (besides resume itself): how far
+# the run goes (with a cosine or linear lr_schedule the decay then follows the new max_steps)
+# and how it is run, watched, saved and pushed. Any other changes what the run computes.
+RESUME_MAY_CHANGE = (
+    "max_steps",
+    "num_workers",
+    "compile",
+    "channels_last",
+    "log_every",
+    "sample_every",
+    "sample_steps",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "push_to_hub",
+    "push_every_checkpoint",
+    "tensorboard",
+    "progress",
+    "output_dir",
+)
 
 
 def _option(default: Any, help: str) -> Any:
@@ -107,8 +138,18 @@ class TrainingConfig:
     sample_every: int = _option(0, "steps between sample grids (0: none)")
     sample_steps: int = _option(100, "inference steps of those samples")
     checkpoint_every: int = _option(500, "steps between checkpoints (0: only at the end)")
-    keep_checkpoints: int = _option(3, "how many of the newest checkpoints to keep (0: all)")
-    resume: bool = _option(False, "continue from the newest checkpoint in output_dir")
+    keep_checkpoints: int = _option(3, "how many of the newest complete checkpoints to keep (0: all)")
+    resume: bool = _option(
+        False,
+        "continue from the newest checkpoint in output_dir that can be read, with its options "
+        "(see allow_changed_options)",
+    )
+    allow_changed_options: bool = _option(
+        False,
+        "with resume: continue although options that change what the run computes (batch_size × "
+        "processes, learning_rate, seed, model, loss, …) differ from the checkpoint's; these may "
+        f"change without it: {', '.join(RESUME_MAY_CHANGE)}",
+    )
     push_to_hub: str | None = _option(None, "a Hub repo id: push the pipeline at the end")
     push_every_checkpoint: bool = _option(False, "also push at every checkpoint")
     tensorboard: bool = _option(True, "also log to TensorBoard when it is installed")
@@ -176,8 +217,8 @@ def _check_int(name: str, value: Any, least: int) -> None:
 class TrainResult:
     pipeline_dir: Path  # the final pipeline (EMA weights when the EMA is on)
     steps: int
-    seconds: float  # wall time of this process's training (not counting a resumed run's earlier part)
-    final_loss: float
+    seconds: float  # wall time of the training, over all of a resumed run's parts
+    final_loss: float  # the last step's loss, averaged over all processes
     push_error: str | None = None  # set when a push failed; everything stays local
 
 
@@ -272,14 +313,18 @@ def train(config: TrainingConfig) -> TrainResult:
     """Run (or, with `resume=True`, continue) the training that `config` describes."""
     run = _start(config)
     accelerator, output = run.accelerator, Path(config.output_dir)
-    metrics = _MetricsLog(output, config.tensorboard) if accelerator.is_main_process else None
+    metrics = _MetricsLog(output, config.tensorboard, run.step) if accelerator.is_main_process else None
     bar = None
     if config.progress and accelerator.is_main_process:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=config.max_steps, initial=run.step, desc="training", unit="step", dynamic_ncols=True)
-    started, loss, push_error, pushed_step = time.perf_counter(), float("nan"), None, None
+    started, loss, push_error, pushed_step = time.perf_counter(), run.loss, None, None
     window_start, window_examples = time.perf_counter(), 0
+
+    def seconds() -> float:  # the run's training time: its earlier parts', then this process's
+        return run.seconds + time.perf_counter() - started
+
     run.model.train()
     try:
         with _heap_kept() if accelerator.device.type == "cpu" else nullcontext():
@@ -317,16 +362,26 @@ def train(config: TrainingConfig) -> TrainResult:
                     if accelerator.is_main_process:
                         model = accelerator.unwrap_model(run.model)
                         path = save_checkpoint(
-                            output, step, run.position, model, run.optimizer, run.ema, run.sampler, config
+                            output,
+                            step,
+                            run.position,
+                            model,
+                            run.optimizer,
+                            run.ema,
+                            run.sampler,
+                            config,
+                            processes=accelerator.num_processes,
+                            seconds=seconds(),
+                            loss=loss,
                         )
                         logger.info("saved %s", path)
                         if config.push_every_checkpoint:
-                            folder = _save_pipeline(run, time.perf_counter() - started, loss)
+                            folder = _save_pipeline(run, seconds(), loss)
                             push_error, pushed_step = _push(folder, config, step), step
                     accelerator.wait_for_everyone()
-        seconds = time.perf_counter() - started
+        total = seconds()
         if accelerator.is_main_process:
-            folder = _save_pipeline(run, seconds, loss)
+            folder = _save_pipeline(run, total, loss)
             if config.push_to_hub and pushed_step != run.step:
                 push_error = _push(folder, config, run.step)
     finally:
@@ -336,7 +391,7 @@ def train(config: TrainingConfig) -> TrainResult:
                 stream.close()
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return TrainResult(output / "pipeline", run.step, seconds, loss, push_error)
+    return TrainResult(output / "pipeline", run.step, total, loss, push_error)
 
 
 def _every(step: int, period: int) -> bool:
@@ -424,6 +479,8 @@ class _Run:
     batches: Iterator[torch.Tensor]  # this process's micro-batches, from `position` on
     step: int  # optimizer steps done
     position: int  # examples of the run's stream read, by all processes
+    seconds: float  # training time before this process: a resumed run's earlier parts
+    loss: float  # the last step's loss (nan before the first step)
 
     @property
     def images(self) -> bool:
@@ -488,16 +545,19 @@ def _start(config: TrainingConfig) -> _Run:
         if config.timestep_sampler == "importance"
         else None
     )
-    step, position = 0, 0  # optimizer steps done; examples of the stream read
+    state = dict(step=0, stream_position=0)  # optimizer steps done; examples of the stream read
     existing = checkpoint_dirs(output)
-    if config.resume and existing:
-        step, position = load_checkpoint(existing[-1], model, optimizer, ema, sampler)
-        logger.info("resuming from %s (step %d, example %d of the stream)", existing[-1], step, position)
-    elif existing:
+    if existing and not config.resume:
         raise TrainingError(
             f"{output} already holds checkpoints (newest {existing[-1].name}): pass resume=True "
             f"(--resume) to continue that run, or choose another output_dir"
         )
+    if accelerator.is_main_process:
+        for path in remove_unfinished(output):
+            logger.info("removed %s, left by an interrupted run", path)
+    if existing:
+        state = _resume(existing, config, world, model, optimizer, ema, sampler)
+    step, position = int(state["step"]), int(state["stream_position"])
     lr_scheduler = get_scheduler(
         "constant_with_warmup" if config.lr_schedule == "constant" else config.lr_schedule,
         optimizer,
@@ -545,7 +605,64 @@ def _start(config: TrainingConfig) -> _Run:
         batches,
         step,
         position,
+        state.get("seconds", 0.0),
+        state.get("loss", float("nan")),
     )
+
+
+def _resume(
+    existing: list[Path], config: TrainingConfig, world: int, model, optimizer, ema, sampler
+) -> dict[str, Any]:
+    """Load the newest of the `existing` checkpoints that can be read into the run's parts,
+    once its options are checked (`_changed_options`), and return its state.json. A newer one
+    that cannot be read (a truncated file) is skipped with a warning naming the file."""
+    unreadable = []
+    for path in reversed(existing):
+        try:
+            checkpoint = read_checkpoint(path)
+        except CheckpointReadError as error:
+            unreadable.append(str(error))
+            continue
+        if unreadable:
+            logger.warning(
+                "%s: resuming from %s, the newest checkpoint that can be read", "; ".join(unreadable), path
+            )
+        changed = _changed_options(checkpoint.state, config, world)
+        if changed and not config.allow_changed_options:
+            raise TrainingError(
+                f"the checkpoint {path} was written with other options ({'; '.join(changed)}): resume "
+                f"with the checkpoint's, or pass allow_changed_options=True (--allow-changed-options) "
+                f"to continue with these. Options that may change: {', '.join(RESUME_MAY_CHANGE)}"
+            )
+        if changed:
+            logger.warning("resuming %s with changed options: %s", path, "; ".join(changed))
+        load_checkpoint(checkpoint, model, optimizer, ema, sampler)
+        step, position = checkpoint.state["step"], checkpoint.state["stream_position"]
+        logger.info("resuming from %s (step %d, example %d of the stream)", path, step, position)
+        return checkpoint.state
+    raise TrainingError(
+        f"{'; '.join(unreadable)}: no checkpoint in {existing[-1].parent} can be read; remove them to "
+        f"start the run again, or choose another output_dir"
+    )
+
+
+def _changed_options(state: dict[str, Any], config: TrainingConfig, world: int) -> list[str]:
+    """The options outside RESUME_MAY_CHANGE that differ from those a checkpoint's state.json
+    records, as "name: then in the checkpoint, now now". The batch is compared over all
+    processes: W processes with batch_size B compute what one with W·B does (`draws`)."""
+    saved, saved_world = state["config"], state.get("processes", world)
+    ignored = (*RESUME_MAY_CHANGE, "resume", "allow_changed_options", "command")
+    changed = []
+    for f in dataclasses.fields(config):
+        then, now = saved.get(f.name, f.default), getattr(config, f.name)
+        if f.name in ignored or (f.name == "batch_size" and then * saved_world == now * world):
+            continue
+        if f.name == "batch_size" and saved_world != world:
+            where = f"{then} × {saved_world} in the checkpoint, {now} × {world} now"
+            changed.append(f"batch_size × processes: {where}")
+        elif then != now:
+            changed.append(f"{f.name}: {then!r} in the checkpoint, {now!r} now")
+    return changed
 
 
 @contextmanager
@@ -617,7 +734,9 @@ def _save_pipeline(run: _Run, seconds: float, loss: float) -> Path:
     folder = Path(run.config.output_dir) / "pipeline"
     pipe = _pipeline(run)
     pipe.save_pretrained(folder)
-    _write_atomically(folder / "README.md", training_card(pipe, run.config, run.step, seconds, loss))
+    processes, device = run.accelerator.num_processes, run.accelerator.device.type
+    card = training_card(pipe, run.config, run.step, seconds, loss, processes=processes, device=device)
+    _write_atomically(folder / "README.md", card)
     return folder
 
 
@@ -636,27 +755,58 @@ def _push(folder: Path, config: TrainingConfig, step: int) -> str | None:
     return None
 
 
-def training_card(pipe: DDPMPipeline, config: TrainingConfig, steps: int, seconds: float, loss: float) -> str:
-    """The pipeline's model card: the Hub card plus how it was trained."""
+def training_card(
+    pipe: DDPMPipeline,
+    config: TrainingConfig,
+    steps: int,
+    seconds: float,
+    loss: float,
+    *,
+    processes: int = 1,
+    device: str = "cpu",
+) -> str:
+    """The pipeline's model card: the Hub card, titled with the repo it is pushed to or the
+    folder that holds it (output_dir/pipeline), plus how it was trained: `seconds` over all
+    of a resumed run's parts, the batch over the `processes` (on `device`, a torch device
+    type) and the accumulated micro-batches, the last step's `loss` averaged over them."""
     images = not makes_points(pipe.unet)
     command = config.command or f"train(TrainingConfig(**{dataclasses.asdict(config)!r}))"
-    return hub.model_card(config.push_to_hub or str(config.output_dir), "DDPMPipeline", images=images) + (
+    name = config.push_to_hub or str(Path(config.output_dir) / "pipeline")
+    factors = [str(config.batch_size)]  # per process and micro-batch
+    if processes > 1:
+        factors.append(f"{processes} processes")
+    if config.gradient_accumulation_steps > 1:
+        factors.append(f"{config.gradient_accumulation_steps} accumulated micro-batches")
+    batch = config.batch_size * processes * config.gradient_accumulation_steps
+    batch_text = f"{batch} ({' × '.join(factors)})" if len(factors) > 1 else str(batch)
+    hardware = {"cuda": "a CUDA GPU", "cpu": "the CPU"}.get(device, device)
+    if processes > 1:
+        hardware = f"{processes} CUDA GPUs" if device == "cuda" else f"{processes} processes on {hardware}"
+    return hub.model_card(name, "DDPMPipeline", images=images) + (
         f"\n## Training\n\n"
         f"- data: `{config.dataset}`; model: `{config.model}` "
         f"({sum(p.numel() for p in pipe.unet.parameters()):,} parameters); loss: `{config.loss}`, "
         f"variance: `{config.resolved_variance_type}`, timesteps: `{config.timestep_sampler}`\n"
-        f"- {steps} steps of batch {config.batch_size}, {seconds / 60:.1f} minutes on "
-        f"{'a CUDA GPU' if torch.cuda.is_available() else 'the CPU'}; final loss {loss:.4f}\n\n"
+        f"- {steps} steps of batch {batch_text}, {seconds / 60:.1f} minutes on {hardware}; "
+        f"final loss {loss:.4f}\n\n"
         f"```\n{command}\n```\n"
     )
 
 
 class _MetricsLog:
     """metrics.jsonl in the output folder (one JSON object per line), and TensorBoard's
-    event files in output/tensorboard when it is installed and asked for."""
+    event files in output/tensorboard when it is installed and asked for. A run that starts
+    at `step` (resumed) first drops what an interrupted run logged past it, so that each
+    step is logged once, as by an uninterrupted run."""
 
-    def __init__(self, output: Path, tensorboard: bool):
-        self.file = open(output / "metrics.jsonl", "a", encoding="utf-8")
+    def __init__(self, output: Path, tensorboard: bool, step: int):
+        path = output / "metrics.jsonl"
+        if path.exists():
+            lines = path.read_text(encoding="utf-8").splitlines()
+            kept = [line for line in lines if _logged_step(line) <= step]
+            if len(kept) < len(lines):
+                _write_atomically(path, "".join(f"{line}\n" for line in kept))
+        self.file = open(path, "a", encoding="utf-8")
         self.writer = None
         if tensorboard:
             try:
@@ -664,7 +814,7 @@ class _MetricsLog:
             except ImportError:
                 logger.info("TensorBoard is not installed: metrics go to metrics.jsonl only")
             else:
-                self.writer = SummaryWriter(str(output / "tensorboard"))
+                self.writer = SummaryWriter(str(output / "tensorboard"), purge_step=step + 1)
 
     def log(self, step: int, **values: float | None) -> None:
         record = {"step": step, "time": time.time(), **{k: v for k, v in values.items() if v is not None}}
@@ -679,3 +829,11 @@ class _MetricsLog:
         self.file.close()
         if self.writer is not None:
             self.writer.close()
+
+
+def _logged_step(line: str) -> float:
+    """The step of a line of metrics.jsonl; infinite for a line cut short by a kill."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf

@@ -86,17 +86,24 @@ def test_resume_after_a_kill_gives_the_same_weights_as_an_uninterrupted_run(tmp_
 
 
 def test_two_processes_compute_what_one_process_does_with_the_double_batch(tmp_path, train_in_two_processes):
-    """torchrun with 2 CPU processes (gloo, through accelerate) × batch 16 = 1 process × 32."""
-    train_in_two_processes(_flags(tmp_path / "two", max_steps=20, batch_size=16))
-    one = train(_config(tmp_path, "one", max_steps=20, batch_size=32))
+    """torchrun with 2 CPU processes (gloo, through accelerate) × batch 16 = 1 process × 32,
+    and the card and the metrics say so: the batch over all processes, the loss averaged
+    over them."""
+    train_in_two_processes(_flags(tmp_path / "two", max_steps=20, batch_size=16, log_every=5))
+    one = train(_config(tmp_path, "one", max_steps=20, batch_size=32, log_every=5))
     a, b = _weights(tmp_path / "two" / "pipeline"), _weights(one.pipeline_dir)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
-    # The two processes' metrics are written once, by the main process.
-    steps = [
-        json.loads(line)["step"] for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
+    # The two processes' metrics are written once, by the main process, with the loss of all.
+    logs = [
+        [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        for run in (tmp_path / "two", tmp_path / "one")
     ]
-    assert steps == sorted(set(steps))
+    assert [r["step"] for r in logs[0]] == [r["step"] for r in logs[1]] == [5, 10, 15, 20]
+    assert [r["loss"] for r in logs[0]] == pytest.approx([r["loss"] for r in logs[1]], rel=1e-5)
+    card = (tmp_path / "two" / "pipeline" / "README.md").read_text()
+    assert "20 steps of batch 32 (16 × 2 processes)" in card and "2 processes on the CPU" in card
+    assert "20 steps of batch 32, " in (one.pipeline_dir / "README.md").read_text()
 
 
 # ---- the losses learn ----------------------------------------------------------------------------------
@@ -201,7 +208,7 @@ def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_ones(tmp_path, m
         raise OSError("No space left on device")
 
     monkeypatch.setattr(checkpoints, "_write_text", crash)  # fails after the weights are written
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(TrainingError, match=r"cannot save the checkpoint .*step-00000030: No space left"):
         train(_config(tmp_path, max_steps=30, checkpoint_every=10, resume=True))
     after = checkpoints.checkpoint_dirs(config.output_dir)
     assert {p.name: (p / "model.safetensors").read_bytes() for p in after} == before
