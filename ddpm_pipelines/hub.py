@@ -26,7 +26,9 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import filter_repo_objects
 from safetensors import SafetensorError
 
-from schedulers.io import set_default_mode
+from schedulers.io import fsync_file, set_default_mode
+from schedulers.io import write_file_atomically as write_file_atomically  # hub's API too
+from schedulers.io import write_text_atomically as write_text_atomically
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"  # the file diffusers' models read and write
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -178,37 +180,6 @@ def save_atomically(write: Callable[[Path], None], directory: str | os.PathLike)
             dst = directory / src.relative_to(tmp)
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.replace(src, dst)
-
-
-def fsync_file(path: str | os.PathLike) -> None:
-    """Make a written file's bytes durable (before it is renamed into place)."""
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def write_file_atomically(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Let `write` fill a temporary file beside `path`, make it durable, then move it into
-    place with `os.replace`: whatever interrupts it, `path` holds the old file or the new
-    one, never a torn write, with the mode of a new file (`set_default_mode`). Returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        set_default_mode(tmp)  # mkstemp makes it 0600
-        fsync_file(tmp)
-        os.replace(tmp, path)  # same folder, same file system: atomic
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
-    """`write_file_atomically` of UTF-8 text."""
-    return write_file_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def model_card(repo_id: str, class_name: str, *, images: bool) -> str:

@@ -20,7 +20,7 @@ from diffusers.configuration_utils import ConfigMixin
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
-from .io import atomic_write_text
+from .io import write_text_atomically
 from .tables import (
     BETA_SCHEDULES,
     Coefficients,
@@ -499,5 +499,5 @@ class DiffusionScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"save_directory={str(save_directory)!r} is a file; it must be a directory")
         os.makedirs(save_directory, exist_ok=True)
         path = os.path.join(save_directory, self.config_name)
-        atomic_write_text(path, self.to_json_string())
+        write_text_atomically(path, self.to_json_string())
         logger.info("Configuration saved in %s", path)

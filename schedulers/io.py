@@ -6,27 +6,39 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to a temporary file beside `path`, fsync it, then rename it over `path`."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+def write_file_atomically(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Let `write` fill a temporary file beside `path`, make it durable, then move it into
+    place with `os.replace`: whatever interrupts it, `path` holds the old file or the new
+    one, never a torn write, with the mode of a new file (`set_default_mode`). Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            set_default_mode(tmp)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write(tmp)
+        set_default_mode(tmp)  # mkstemp makes it 0600
+        fsync_file(tmp)
+        os.replace(tmp, path)  # same folder, same file system: atomic
     except BaseException:
-        os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
+    return path
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
+    """`write_file_atomically` of UTF-8 text."""
+    return write_file_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    """Make a written file's bytes durable (before it is renamed into place)."""
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
 
 
 def set_default_mode(path: str | os.PathLike) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+from pathlib import Path
 
 import diffusers
 import numpy as np
@@ -378,30 +379,14 @@ def test_save_is_atomic_when_rename_fails(tmp_path, monkeypatch, cls):
 def test_save_is_atomic_when_write_fails_midway(tmp_path, monkeypatch, cls):
     cls(num_train_timesteps=100).save_pretrained(tmp_path)
     before = (tmp_path / CONFIG_NAME).read_bytes()
-    real_fdopen = os.fdopen
+    real_write_text = Path.write_text
 
-    class HalfWriter:
-        """A file that writes half of what it is given, then fails."""
+    def half_write_text(self, data, *args, **kwargs):
+        """Writes half of what it is given, then fails."""
+        real_write_text(self, data[: len(data) // 2], *args, **kwargs)
+        raise OSError("write failed midway")
 
-        def __init__(self, f):
-            self.f = f
-
-        def write(self, data):
-            self.f.write(data[: len(data) // 2])
-            self.f.flush()
-            raise OSError("write failed midway")
-
-        def __getattr__(self, name):
-            return getattr(self.f, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-            return False
-
-    monkeypatch.setattr(os, "fdopen", lambda *a, **k: HalfWriter(real_fdopen(*a, **k)))
+    monkeypatch.setattr(Path, "write_text", half_write_text)
     with pytest.raises(OSError, match="write failed midway"):
         cls(num_train_timesteps=200).save_pretrained(tmp_path)
     monkeypatch.undo()
